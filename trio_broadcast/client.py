@@ -1,0 +1,213 @@
+"""One task per client: the race between its socket and its broadcast queue.
+
+After the handshake, :func:`serve_client` runs a small nursery of competing
+tasks, and whichever finishes first decides how the connection ends:
+
+* ``_receive``: read the client's messages and echo each one back (or discard
+  it with ``echo=False``; reading must go on so that pings and close frames are
+  still processed);
+* ``_broadcast``: wait on the client's :class:`~trio_broadcast.fanout.Subscription`
+  and write whatever is queued;
+* ``_keepalive``: ping every ``ping_interval`` seconds; a peer that has not
+  answered by the next ping is dropped.
+
+The first to return an :class:`Ending` cancels the others. Cancellation only
+ever interrupts a *wait* (for a message, a batch, a pong); a frame being written
+is never cut in half, because every write goes through :class:`_Sender`, which
+shields it from cancellation and bounds it with a deadline instead. Once the
+race is over the connection is closed with the ending's code, within a bounded
+time, or dropped if the peer does not cooperate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
+
+from .config import Config
+from .fanout import Overflow, Subscription
+
+log = logging.getLogger("trio_broadcast")
+
+ABNORMAL = 1006
+"""Never sent on the wire: the TCP connection is dropped without a close frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """Why a connection ended, and with which close code."""
+
+    code: int
+    reason: str
+    by_peer: bool = False
+    """The peer (or the protocol library on its behalf) closed; nothing is left to send."""
+
+    def __str__(self) -> str:
+        who = "closed by peer" if self.by_peer else "closed"
+        return f"{who} with {self.code}" + (f" ({self.reason})" if self.reason else "")
+
+
+GOING_AWAY = Ending(1001, "server shutting down")
+FEED_ENDED = Ending(1000, "end of feed")
+INTERNAL_ERROR = Ending(1011, "internal error")
+
+
+def _closed_by_peer(reason: CloseReason | None) -> Ending:
+    if reason is None:
+        return Ending(ABNORMAL, "connection lost", by_peer=True)
+    return Ending(reason.code, reason.reason or "", by_peer=True)
+
+
+class Stuck(Exception):
+    """A write (or a ping's answer) did not complete in time."""
+
+
+class _Sender:
+    """Every write to one connection goes through here.
+
+    Each write is shielded from cancellation, so that a frame is never left
+    half-written, and bounded by a deadline, so that a peer that stops reading
+    cannot hold the task forever: past the deadline :class:`Stuck` is raised and
+    the connection is dropped rather than closed. When the connection is being
+    closed, :meth:`hurry` shortens the deadline of writes still in flight.
+    """
+
+    def __init__(self, ws: WebSocketConnection, timeout: float) -> None:
+        self._ws = ws
+        self._timeout = timeout
+        self._in_flight: set[trio.CancelScope] = set()
+        self.sent = 0
+        """Messages written so far."""
+
+    async def send(self, message: str | bytes) -> None:
+        await self._shielded(partial(self._ws.send_message, message), self._timeout)
+        self.sent += 1
+
+    async def ping(self, seconds: float) -> None:
+        """Ping and wait for the pong, at most ``seconds``."""
+        await self._shielded(self._ws.ping, seconds)
+
+    async def _shielded(self, write: Callable[[], Awaitable[None]], seconds: float) -> None:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + seconds) as scope:
+            self._in_flight.add(scope)
+            try:
+                await write()
+            finally:
+                self._in_flight.discard(scope)
+        if scope.cancelled_caught:
+            raise Stuck(f"no progress within {seconds:g} s")
+
+    def hurry(self, grace: float) -> None:
+        """Give writes in flight at most ``grace`` more seconds."""
+        deadline = trio.current_time() + grace
+        for scope in self._in_flight:
+            scope.deadline = min(scope.deadline, deadline)
+
+
+async def _receive(ws: WebSocketConnection, sender: _Sender, echo: bool) -> Ending:
+    while True:
+        try:
+            message = await ws.get_message()
+        except ConnectionClosed as exc:
+            return _closed_by_peer(exc.reason)
+        if echo:
+            await sender.send(message)
+
+
+async def _broadcast(subscription: Subscription[str], sender: _Sender) -> Ending:
+    while True:
+        try:
+            lines = await subscription.receive()
+        except trio.EndOfChannel:
+            return FEED_ENDED
+        except Overflow:
+            # A close reason must fit in 123 bytes.
+            return Ending(1008, "too slow: broadcast queue full")
+        for line in lines:
+            await sender.send(line)
+
+
+async def _keepalive(sender: _Sender, interval: float) -> Ending:
+    while True:
+        await trio.sleep(interval)
+        try:
+            await sender.ping(interval)
+        except Stuck:
+            return Ending(ABNORMAL, f"no pong within {interval:g} s")
+
+
+async def _until_cancelled() -> None:
+    await trio.sleep_forever()
+
+
+async def _race(
+    ws: WebSocketConnection,
+    subscription: Subscription[str],
+    sender: _Sender,
+    config: Config,
+) -> Ending:
+    """Run the competing sides; the first to finish cancels the others."""
+    ending: Ending | None = None
+
+    async def run(side: Callable[[], Awaitable[Ending]]) -> None:
+        nonlocal ending
+        try:
+            result = await side()
+        except ConnectionClosed as exc:
+            result = _closed_by_peer(exc.reason)
+        except Stuck as exc:
+            result = Ending(ABNORMAL, f"write stuck: {exc}")
+        if ending is None:
+            ending = result
+        race.cancel_scope.cancel()
+
+    async with trio.open_nursery() as race:
+        race.start_soon(run, lambda: _receive(ws, sender, config.echo))
+        race.start_soon(run, lambda: _broadcast(subscription, sender))
+        if config.ping_interval > 0:
+            race.start_soon(run, lambda: _keepalive(sender, config.ping_interval))
+        try:
+            await _until_cancelled()
+        finally:
+            # The race is over, by a side finishing or by cancellation from
+            # outside: a frame still being written gets half the close budget.
+            sender.hurry(config.close_timeout / 2)
+    assert ending is not None
+    return ending
+
+
+async def serve_client(
+    ws: WebSocketConnection,
+    subscription: Subscription[str],
+    config: Config,
+    *,
+    stop: trio.CancelScope,
+    abort: Callable[[], Awaitable[None]],
+) -> Ending:
+    """Serve one accepted connection until it ends; close it; say why.
+
+    ``stop`` is the scope the server cancels to shut this client down: the race
+    runs inside it, and the close that follows runs outside it, so a shutdown
+    still gets its 1001 close frame out. ``abort`` drops the TCP connection.
+    Closing takes at most ``config.close_timeout`` seconds in all.
+    """
+    sender = _Sender(ws, config.send_timeout)
+    ending = GOING_AWAY
+    try:
+        with stop:
+            ending = await _race(ws, subscription, sender, config)
+    except Exception:
+        ending = INTERNAL_ERROR
+        raise
+    finally:
+        with trio.move_on_after(config.close_timeout / 2) as closing:
+            if ending.code != ABNORMAL:
+                await ws.aclose(ending.code, ending.reason)
+        if ending.code == ABNORMAL or closing.cancelled_caught:
+            await abort()
+    return ending

@@ -1,0 +1,110 @@
+"""The server's settings: one frozen value, checked once, shared by every task.
+
+Every limit the server enforces lives here, so that a reader can see in one place
+what bounds memory and time. :class:`Config` validates itself on construction: an
+impossible value fails at start-up with a message naming the setting, never later
+inside a client task.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+
+
+class OnFull(enum.Enum):
+    """What happens to a client whose broadcast queue is full."""
+
+    DISCONNECT = "disconnect"
+    """Close it with code 1008 and a reason that says it was too slow."""
+
+    DROP = "drop"
+    """Skip the message for that client only, and count the loss."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything :func:`trio_broadcast.serve` needs to know.
+
+    The defaults are those of the ``trio-broadcast`` command. All sizes are in
+    bytes and all durations in seconds.
+    """
+
+    host: str = "0.0.0.0"
+    """Address or name to bind; an IPv6 literal such as ``::1`` works too."""
+    port: int = 8000
+    """TCP port; 0 asks the kernel for a free one."""
+    queue_size: int = 16
+    """Broadcast messages a client may fall behind before :attr:`on_full` applies."""
+    on_full: OnFull = OnFull.DISCONNECT
+    history: int = 0
+    """A new client first receives this many of the latest lines."""
+    max_clients: int | None = None
+    """Beyond this many connected clients, handshakes are refused with HTTP 503."""
+    max_message_size: int = MiB
+    """A larger incoming message closes the connection with code 1009."""
+    max_line_size: int = MiB
+    """A longer standard-input line is skipped (with a warning), never buffered whole."""
+    ping_interval: float = 20.0
+    """Seconds between keep-alive pings; a peer silent until the next ping is dropped. 0: off."""
+    echo: bool = True
+    """Send each client's messages back to it."""
+    exit_on_eof: bool = False
+    """At the end of standard input, deliver what was read, close every client, stop."""
+    certfile: str | None = None
+    keyfile: str | None = None
+    handshake_timeout: float = 10.0
+    """A connection must complete TLS and the WebSocket handshake within this time."""
+    send_timeout: float = 10.0
+    """A single frame that cannot be written within this time aborts the connection."""
+    close_timeout: float = 1.0
+    """Budget for closing one connection: a frame being written gets half, the close
+    handshake the other half; past it the TCP connection is dropped."""
+    max_request_head: int = 16 * 1024
+    """Largest HTTP request head (request line and headers) accepted."""
+
+    def __post_init__(self) -> None:
+        _at_least("port", self.port, 0)
+        if self.port > 65535:
+            raise ValueError(f"port must be at most 65535, not {self.port}")
+        _at_least("queue_size", self.queue_size, 1)
+        _at_least("history", self.history, 0)
+        if self.max_clients is not None:
+            _at_least("max_clients", self.max_clients, 1)
+        _at_least("max_message_size", self.max_message_size, 1)
+        _at_least("max_line_size", self.max_line_size, 1)
+        _at_least("max_request_head", self.max_request_head, 256)
+        _finite_at_least("ping_interval", self.ping_interval, 0.0)
+        for name in ("handshake_timeout", "send_timeout", "close_timeout"):
+            _positive(name, getattr(self, name))
+        if not self.host:
+            raise ValueError("host must not be empty")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile must be given together")
+        if not isinstance(self.on_full, OnFull):
+            raise TypeError(f"on_full must be an OnFull, not {self.on_full!r}")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks ``wss://``."""
+        return self.certfile is not None
+
+
+def _at_least(name: str, value: int, lowest: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < lowest:
+        raise ValueError(f"{name} must be at least {lowest}, not {value}")
+
+
+def _finite_at_least(name: str, value: float, lowest: float) -> None:
+    if not math.isfinite(value) or value < lowest:
+        raise ValueError(f"{name} must be a finite number of at least {lowest:g}, not {value}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number above 0, not {value}")

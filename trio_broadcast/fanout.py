@@ -1,0 +1,199 @@
+"""Fan-out: one publisher, many subscribers, each behind its own bounded queue.
+
+This is the heart of the design. :meth:`Fanout.publish` is synchronous and never
+waits for a subscriber: it puts the batch into every subscriber's
+``trio`` memory channel with ``send_nowait``. A subscriber whose channel is full
+has fallen ``queue_size`` batches behind, and the configured :class:`OnFull`
+policy applies to that subscriber alone, so one stuck client never stalls the
+publisher or anybody else.
+
+The component knows nothing about sockets or standard input; it serves any
+source of messages (the stdin reader, a Redis stream, a test) and any consumer.
+
+What a subscriber can rely on:
+
+* messages arrive in publish order, each at most once;
+* with ``history=N`` the first batch it receives holds the last ``N`` messages
+  published before it subscribed, and the live feed follows with no gap and no
+  duplicate (subscribing is synchronous, so nothing can be published in between);
+* :meth:`Subscription.receive` returns everything queued at once, so a consumer
+  that fell behind catches up with one write;
+* after :meth:`Fanout.close`, it still receives what was queued, then
+  :class:`trio.EndOfChannel`;
+* under :attr:`OnFull.DISCONNECT` an overflowing subscriber is cut off at once and
+  its next :meth:`~Subscription.receive` raises :class:`Overflow`; under
+  :attr:`OnFull.DROP` the batch is skipped for it and counted in
+  :attr:`Subscription.dropped`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Generic, TypeVar
+
+import trio
+
+from .config import OnFull
+
+T = TypeVar("T")
+
+
+class Overflow(Exception):
+    """The subscriber fell behind by a full queue and was cut off."""
+
+
+class Subscription(Generic[T]):
+    """One consumer's end of a :class:`Fanout`. Create it with :meth:`Fanout.subscribe`."""
+
+    def __init__(
+        self,
+        fanout: Fanout[T],
+        send: trio.MemorySendChannel[tuple[T, ...]],
+        receive: trio.MemoryReceiveChannel[tuple[T, ...]],
+        backlog: list[T],
+    ) -> None:
+        self._fanout = fanout
+        self._send = send
+        self._receive = receive
+        self._backlog = backlog
+        self.dropped = 0
+        """Messages skipped for this subscriber under :attr:`OnFull.DROP`."""
+        self.overflowed = False
+        """Whether it was cut off under :attr:`OnFull.DISCONNECT`."""
+
+    async def receive(self) -> list[T]:
+        """Wait for at least one message, then return every message queued.
+
+        Raises :class:`trio.EndOfChannel` once the fan-out is closed and all was
+        delivered, and :class:`Overflow` if this subscriber was cut off.
+        """
+        if self._backlog:
+            messages, self._backlog = self._backlog, []
+            await trio.lowlevel.checkpoint()
+        else:
+            try:
+                messages = list(await self._receive.receive())
+            except trio.ClosedResourceError:
+                raise self._closed_error() from None
+        self._drain_into(messages)
+        return messages
+
+    def _drain_into(self, messages: list[T]) -> None:
+        while True:
+            try:
+                messages.extend(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                # The end, or the cut-off, is reported by the next receive().
+                return
+
+    def _closed_error(self) -> Exception:
+        if self.overflowed:
+            return Overflow(
+                f"fell behind by {self._fanout.queue_size} queued messages and was cut off"
+            )
+        return trio.ClosedResourceError("this subscription was closed")
+
+    def close(self) -> None:
+        """Unsubscribe. Idempotent; queued messages are discarded."""
+        self._fanout._subscribers.pop(self, None)
+        self._send.close()
+        self._receive.close()
+
+    def __enter__(self) -> Subscription[T]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Fanout(Generic[T]):
+    """Deliver every published batch to every subscriber, without ever waiting."""
+
+    def __init__(
+        self,
+        *,
+        queue_size: int = 16,
+        on_full: OnFull = OnFull.DISCONNECT,
+        history: int = 0,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        if history < 0:
+            raise ValueError(f"history must be at least 0, not {history}")
+        self.queue_size = queue_size
+        self.on_full = on_full
+        self._history: deque[T] = deque(maxlen=history)
+        # A dict rather than a set: publishing visits subscribers in the order
+        # they joined, which keeps runs reproducible.
+        self._subscribers: dict[Subscription[T], None] = {}
+        self._closed = False
+        self.published = 0
+        """Messages published so far."""
+        self.dropped = 0
+        """Messages skipped, over all subscribers, under :attr:`OnFull.DROP`."""
+        self.overflows = 0
+        """Subscribers cut off under :attr:`OnFull.DISCONNECT`."""
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscriptions are open."""
+        return len(self._subscribers)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called: the feed has ended."""
+        return self._closed
+
+    def subscribe(self) -> Subscription[T]:
+        """Join the feed: the history first, then every batch published from now on.
+
+        Use it as a context manager so that leaving unsubscribes.
+        """
+        send, receive = trio.open_memory_channel[tuple[T, ...]](self.queue_size)
+        subscription = Subscription(self, send, receive, list(self._history))
+        if self._closed:
+            send.close()
+        else:
+            self._subscribers[subscription] = None
+        return subscription
+
+    def publish(self, messages: Sequence[T]) -> None:
+        """Queue ``messages`` as one batch for every subscriber; never blocks.
+
+        Publishing a whole read's worth of lines as one batch keeps a burst from
+        counting as many queue slots: the bound is for subscribers that fall
+        behind, not for input that arrives all at once.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("publish() after close()")
+        if not messages:
+            return
+        batch = tuple(messages)
+        self.published += len(batch)
+        self._history.extend(batch)
+        # Iterate over a copy: cutting a subscriber off removes it from the dict.
+        for subscription in list(self._subscribers):
+            try:
+                subscription._send.send_nowait(batch)
+            except trio.WouldBlock:
+                if self.on_full is OnFull.DROP:
+                    subscription.dropped += len(batch)
+                    self.dropped += len(batch)
+                else:
+                    subscription.overflowed = True
+                    self.overflows += 1
+                    subscription.close()
+
+    def close(self) -> None:
+        """End the feed: subscribers get what is queued, then :class:`trio.EndOfChannel`."""
+        self._closed = True
+        for subscription in self._subscribers:
+            subscription._send.close()
+        self._subscribers.clear()

@@ -1,0 +1,147 @@
+"""The first bytes of a connection: read the HTTP request head, and decide.
+
+Every connection starts as HTTP/1.1. Before trio-websocket sees it, the server
+reads the request head itself with h11 (a real HTTP parser, with a size bound),
+so that:
+
+* a request that is not a WebSocket upgrade, or bytes that are not HTTP at all,
+  get an immediate HTTP error instead of waiting out a handshake timeout;
+* a refusal (too many clients) is a plain HTTP answer;
+* later, plain HTTP endpoints can share the port.
+
+An upgrade request is then handed to trio-websocket on a :class:`ReplayStream`,
+which returns the bytes already read before reading the socket again, so
+nothing is lost between the two parsers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import h11
+import trio
+
+RECEIVE_SIZE = 4096
+
+
+class BadRequest(Exception):
+    """The request head is malformed or too large; :attr:`status` says which."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """An HTTP request line and headers, and every byte read to get them."""
+
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...]
+    """Header names lower-cased, values decoded as Latin-1, in arrival order."""
+    raw: bytes
+    """Everything received so far, including any bytes after the head."""
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (lower-case), repeated values joined by ``, ``."""
+        values = [value for key, value in self.headers if key == name]
+        return ", ".join(values) if values else None
+
+    def _tokens(self, name: str) -> set[str]:
+        value = self.header(name) or ""
+        return {token.strip().lower() for token in value.split(",")}
+
+    @property
+    def is_websocket(self) -> bool:
+        """Whether the client asks to upgrade to WebSocket."""
+        return "websocket" in self._tokens("upgrade")
+
+    def websocket_problem(self) -> str | None:
+        """Why this upgrade request would be refused by RFC 6455, or ``None``."""
+        if self.method != "GET":
+            return f"a WebSocket handshake must use GET, not {self.method}"
+        if "upgrade" not in self._tokens("connection"):
+            return "the Connection header must include 'upgrade'"
+        if self.header("sec-websocket-version") != "13":
+            return "only WebSocket version 13 is supported"
+        if not self.header("sec-websocket-key"):
+            return "the Sec-WebSocket-Key header is missing"
+        return None
+
+
+async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> RequestHead | None:
+    """Read up to the end of the request head; ``None`` if the peer closed first.
+
+    Raises :class:`BadRequest` for anything h11 rejects, including a head larger
+    than ``max_size`` bytes (status 431). The caller bounds the time.
+    """
+    parser = h11.Connection(h11.SERVER, max_incomplete_event_size=max_size)
+    received = bytearray()
+    while True:
+        try:
+            event = parser.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise BadRequest(exc.error_status_hint, str(exc)) from None
+        if isinstance(event, h11.Request):
+            return RequestHead(
+                method=event.method.decode("ascii", errors="replace"),
+                target=event.target.decode("ascii", errors="replace"),
+                headers=tuple(
+                    (name.decode("ascii").lower(), value.decode("latin-1"))
+                    for name, value in event.headers
+                ),
+                raw=bytes(received),
+            )
+        if event is not h11.NEED_DATA:  # pragma: no cover - h11 yields nothing else first
+            raise BadRequest(400, f"unexpected {event!r}")
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            if received:
+                raise BadRequest(400, "the connection closed inside the request head")
+            return None
+        received += data
+        parser.receive_data(bytes(data))
+
+
+def http_response(status: int, body: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 response with a plain-text body."""
+    payload = body.encode()
+    lines = [
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(payload)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in headers),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+
+
+class ReplayStream(trio.abc.Stream):
+    """A stream that first hands back bytes already read from it.
+
+    Lets a second parser (trio-websocket's) start from the beginning of a
+    connection that the first one (h11) has already read from.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, already_read: bytes) -> None:
+        self._stream = stream
+        self._replay = already_read
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if not self._replay:
+            return await self._stream.receive_some(max_bytes)
+        await trio.lowlevel.checkpoint()
+        size = len(self._replay) if max_bytes is None else max_bytes
+        data, self._replay = self._replay[:size], self._replay[size:]
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

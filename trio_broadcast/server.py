@@ -1,0 +1,388 @@
+"""The server: one nursery holding the listener, the line source and every client.
+
+:func:`serve` is the whole server as a Trio function. Its nursery holds:
+
+* the accept loop (``trio.serve_listeners``), which starts one task per
+  connection in the same nursery;
+* the line source (standard input, for the command), which publishes into the
+  :class:`~trio_broadcast.fanout.Fanout`;
+* the connection tasks: each reads the request head, completes the WebSocket
+  handshake and hands over to :func:`~trio_broadcast.client.serve_client`.
+
+Stopping is cancellation, in two flavours. :meth:`Server.shutdown` is the
+graceful one: it cancels the scopes that make up the server's *work* (accepting,
+reading input, each client's race and each handshake), after which every client
+is closed with 1001 "going away" and :func:`serve` returns. Cancelling
+:func:`serve` itself is the hard stop: connections are dropped at once. :func:`run`
+adds what the command needs on top: signals.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_server_stream,
+)
+
+from .client import GOING_AWAY, Ending, serve_client
+from .config import Config
+from .fanout import Fanout
+from .handshake import BadRequest, ReplayStream, http_response, read_request_head
+from .stdin import Publish
+
+log = logging.getLogger("trio_broadcast")
+
+LineSource = Callable[[Publish], Awaitable[None]]
+"""An async function that calls ``publish`` with each batch of lines and returns
+at the end of its input, like :func:`trio_broadcast.read_lines`."""
+
+DROP_REPORT_INTERVAL = 10.0
+"""Seconds between two warnings about messages dropped for slow clients."""
+
+# Errors that only mean the peer went away or misbehaved before or during the
+# handshake: worth a debug line, never a traceback.
+_DISCONNECTS = (
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    ConnectionClosed,
+    HandshakeError,
+)
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why in one line."""
+
+
+class Server:
+    """A running server, as returned by ``await nursery.start(serve, config)``."""
+
+    def __init__(self, config: Config, urls: tuple[str, ...]) -> None:
+        self.config = config
+        self.urls = urls
+        """One ``ws://`` or ``wss://`` URL per listening socket."""
+        self.hub: Fanout[str] = Fanout(
+            queue_size=config.queue_size, on_full=config.on_full, history=config.history
+        )
+        self.input_open = True
+        """False once the line source has ended."""
+        self.lines_read = 0
+        self._clients = 0
+        self._connections = 0
+        self._stopping = False
+        self._work: set[trio.CancelScope] = set()
+        # Created here, entered by _accept(): the end of input may cancel it first.
+        self._accepting = trio.CancelScope()
+        self._drops_reported = 0
+        self._drops_reported_at = -DROP_REPORT_INTERVAL
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket (the only one for most hosts)."""
+        return int(self.urls[0].rsplit(":", 1)[1].rstrip("/"))
+
+    @property
+    def clients(self) -> int:
+        """Connected WebSocket clients (handshake done, not yet closed)."""
+        return self._clients
+
+    @property
+    def connections(self) -> int:
+        """Open TCP connections, including those still in the handshake."""
+        return self._connections
+
+    def shutdown(self) -> None:
+        """Stop gracefully: stop accepting and reading, close every client with 1001.
+
+        :func:`serve` returns once the last client is closed, each within
+        ``config.close_timeout``. Calling it again does nothing more.
+        """
+        self._stopping = True
+        for scope in self._work:
+            scope.cancel()
+
+    async def publish(self, lines: Sequence[str]) -> None:
+        """Broadcast ``lines`` to every client, then let the clients run.
+
+        Never waits on a client: the checkpoint after publishing is what lets
+        client tasks write before the next batch arrives.
+        """
+        self.hub.publish(lines)
+        self.lines_read += len(lines)
+        self._report_drops()
+        await trio.lowlevel.checkpoint()
+
+    def _report_drops(self) -> None:
+        now = trio.current_time()
+        if (
+            self.hub.dropped > self._drops_reported
+            and now - self._drops_reported_at >= DROP_REPORT_INTERVAL
+        ):
+            log.warning(
+                "dropped %d messages for slow clients (--on-full drop); %d in all",
+                self.hub.dropped - self._drops_reported,
+                self.hub.dropped,
+            )
+            self._drops_reported = self.hub.dropped
+            self._drops_reported_at = now
+
+    @contextmanager
+    def _stopped_by_shutdown(self, scope: trio.CancelScope) -> Iterator[trio.CancelScope]:
+        """Make :meth:`shutdown` cancel ``scope`` (at once, if it already began)."""
+        self._work.add(scope)
+        if self._stopping:
+            scope.cancel()
+        try:
+            yield scope
+        finally:
+            self._work.discard(scope)
+
+    async def _accept(
+        self, listeners: list[trio.abc.Listener[trio.abc.Stream]], nursery: trio.Nursery
+    ) -> None:
+        # Connection tasks start in the server's nursery, outside this scope:
+        # cancelling it stops accepting and leaves the connections running.
+        try:
+            with self._stopped_by_shutdown(self._accepting), self._accepting:
+                await trio.serve_listeners(self._connection, listeners, handler_nursery=nursery)
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    async def _feed(self, source: LineSource) -> None:
+        with self._stopped_by_shutdown(trio.CancelScope()) as reading, reading:
+            await source(self.publish)
+            self.input_open = False
+            log.info("end of input after %d lines", self.lines_read)
+            if self.config.exit_on_eof:
+                # Clients drain their queues and close with 1000; once the
+                # last one has, serve() returns.
+                self.hub.close()
+                self._accepting.cancel()
+
+    async def _connection(self, stream: trio.abc.Stream) -> None:
+        """One TCP connection, from its first byte to its close. Never raises."""
+        peer = _peer_name(stream)
+        self._connections += 1
+        try:
+            await self._handshake_and_serve(stream, peer)
+        except* _DISCONNECTS as group:
+            log.debug("connection from %s lost: %r", peer, group.exceptions[0])
+        except* Exception:
+            log.exception("unexpected error on the connection from %s", peer)
+        finally:
+            self._connections -= 1
+            await trio.aclose_forcefully(stream)
+
+    def _refusal(self, head_problem: str | None) -> tuple[int, str] | None:
+        if head_problem is not None:
+            return 400, head_problem
+        limit = self.config.max_clients
+        if limit is not None and self._clients >= limit:
+            return 503, f"too many clients (--max-clients {limit}), try again later"
+        return None
+
+    async def _handshake_and_serve(self, stream: trio.abc.Stream, peer: str) -> None:
+        config = self.config
+        ws: WebSocketConnection | None = None
+        async with trio.open_nursery() as plumbing:  # trio-websocket's reader task
+            handshake = trio.move_on_after(config.handshake_timeout)
+            with self._stopped_by_shutdown(handshake), handshake:
+                try:
+                    head = await read_request_head(stream, config.max_request_head)
+                except BadRequest as exc:
+                    log.debug("bad request from %s: %s", peer, exc)
+                    await stream.send_all(http_response(exc.status, f"{exc}\n"))
+                    return
+                if head is None:
+                    return
+                if not head.is_websocket:
+                    await stream.send_all(
+                        http_response(
+                            426,
+                            "This is a WebSocket server: connect with a WebSocket client.\n",
+                            (("Upgrade", "websocket"),),
+                        )
+                    )
+                    return
+                refusal = self._refusal(head.websocket_problem())
+                if refusal is not None:
+                    log.info("refused %s: %s", peer, refusal[1])
+                    await stream.send_all(http_response(refusal[0], refusal[1] + "\n"))
+                    return
+                self._clients += 1
+                try:
+                    request = await wrap_server_stream(
+                        plumbing,
+                        ReplayStream(stream, head.raw),
+                        max_message_size=config.max_message_size,
+                    )
+                    ws = await request.accept()
+                finally:
+                    if ws is None:
+                        self._clients -= 1
+            if ws is None:
+                log.debug("handshake with %s did not complete in time", peer)
+                plumbing.cancel_scope.cancel()
+                return
+            try:
+                await self._serve_accepted(ws, stream, peer)
+            finally:
+                self._clients -= 1
+                plumbing.cancel_scope.cancel()
+
+    async def _serve_accepted(
+        self, ws: WebSocketConnection, stream: trio.abc.Stream, peer: str
+    ) -> None:
+        log.info("client %s connected (%d clients)", peer, self._clients)
+        started = trio.current_time()
+        ending: Ending = GOING_AWAY
+        with self.hub.subscribe() as subscription:
+            try:
+                stop = trio.CancelScope()
+                with self._stopped_by_shutdown(stop):
+                    ending = await serve_client(
+                        ws,
+                        subscription,
+                        self.config,
+                        stop=stop,
+                        abort=partial(trio.aclose_forcefully, stream),
+                    )
+            finally:
+                dropped = f", {subscription.dropped} dropped" if subscription.dropped else ""
+                log.info(
+                    "client %s %s after %.1f s%s",
+                    peer,
+                    ending,
+                    trio.current_time() - started,
+                    dropped,
+                )
+
+
+async def serve(
+    config: Config,
+    source: LineSource | None = None,
+    *,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve WebSocket clients until stopped; supports ``nursery.start``.
+
+    ``source`` feeds the broadcast (``None``: publish with
+    :meth:`Server.publish` yourself). ``await nursery.start(serve, config)``
+    returns the :class:`Server` once it is listening. :func:`serve` returns after
+    :meth:`Server.shutdown`, or at the end of ``source`` when
+    ``config.exit_on_eof`` is set. Raises :class:`StartupError` when it cannot
+    listen or load its certificate.
+    """
+    ssl_context = _ssl_context(config)
+    listeners = await _open_listeners(config, ssl_context)
+    server = Server(config, tuple(_url(listener, config.tls) for listener in listeners))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server._accept, listeners, nursery)
+        if source is not None:
+            nursery.start_soon(server._feed, source)
+        task_status.started(server)
+
+
+async def run(
+    config: Config,
+    source: LineSource | None,
+    on_listening: Callable[[Server], None],
+) -> None:
+    """:func:`serve`, stopped gracefully by SIGINT or SIGTERM; a second one exits at once."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_then_stop(
+                task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                await serve(config, source, task_status=task_status)
+                nursery.cancel_scope.cancel()  # done: stop waiting for signals
+
+            server: Server = await nursery.start(serve_then_stop)
+            on_listening(server)
+            stopping = False
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if stopping:
+                    log.warning("second %s: exiting at once", name)
+                    os._exit(128 + signum)
+                stopping = True
+                log.info("%s: closing %d clients", name, server.clients)
+                server.shutdown()
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    if config.certfile is None or config.keyfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.certfile, config.keyfile)
+    except OSError as exc:
+        if isinstance(exc, ssl.SSLError):
+            detail = exc.reason or str(exc)
+            raise StartupError(
+                f"cannot use the TLS certificate {config.certfile!r} with the key "
+                f"{config.keyfile!r}: {detail}"
+            ) from None
+        raise StartupError(
+            f"cannot read the TLS certificate or key {exc.filename or config.certfile!r}: "
+            f"{exc.strerror or exc}"
+        ) from None
+    return context
+
+
+async def _open_listeners(
+    config: Config, ssl_context: ssl.SSLContext | None
+) -> list[trio.abc.Listener[trio.abc.Stream]]:
+    where = f"{config.host}:{config.port}"
+    try:
+        sockets = await trio.open_tcp_listeners(config.port, host=config.host)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve host {config.host!r}: {exc.strerror}") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = "address already in use (is another server running on that port?)"
+        elif exc.errno == errno.EACCES:
+            why = "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            why = "that address does not belong to this machine"
+        else:
+            why = exc.strerror or str(exc)
+        raise StartupError(f"cannot listen on {where}: {why}") from None
+    if ssl_context is None:
+        return list(sockets)
+    return [trio.SSLListener(s, ssl_context, https_compatible=True) for s in sockets]
+
+
+def _url(listener: trio.abc.Listener[trio.abc.Stream], tls: bool) -> str:
+    if isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    assert isinstance(listener, trio.SocketListener)
+    host, port = listener.socket.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'wss' if tls else 'ws'}://{shown}:{port}/"
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return repr(stream)
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "(disconnected)"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
