@@ -9,7 +9,9 @@ tasks, and whichever finishes first decides how the connection ends:
 * ``_broadcast``: wait on the client's :class:`~trio_broadcast.fanout.Subscription`
   and write whatever is queued;
 * ``_keepalive``: ping every ``ping_interval`` seconds; a peer that has not
-  answered by the next ping is dropped.
+  answered by the next ping is dropped;
+* ``_cut_off``: wait for the fan-out to cut the client off for falling behind,
+  which must end the race even while ``_broadcast`` is stuck in a write.
 
 The first to return an :class:`Ending` cancels the others. Cancellation only
 ever interrupts a *wait* (for a message, a batch, a pong); a frame being written
@@ -48,13 +50,16 @@ class Ending:
     """The peer (or the protocol library on its behalf) closed; nothing is left to send."""
 
     def __str__(self) -> str:
-        who = "closed by peer" if self.by_peer else "closed"
-        return f"{who} with {self.code}" + (f" ({self.reason})" if self.reason else "")
+        # by_peer covers closes that trio-websocket makes on the peer's account
+        # (1009 for an oversized message), so it does not claim who started it.
+        how = "connection ended" if self.by_peer else "closed"
+        return f"{how} with {self.code}" + (f" ({self.reason})" if self.reason else "")
 
 
 GOING_AWAY = Ending(1001, "server shutting down")
 FEED_ENDED = Ending(1000, "end of feed")
 INTERNAL_ERROR = Ending(1011, "internal error")
+TOO_SLOW = Ending(1008, "too slow: broadcast queue full")  # a reason fits in 123 bytes
 
 
 def _closed_by_peer(reason: CloseReason | None) -> Ending:
@@ -83,6 +88,9 @@ class _Sender:
         self._in_flight: set[trio.CancelScope] = set()
         self.sent = 0
         """Messages written so far."""
+        self.broken = False
+        """A write was cut short: the stream may end mid-frame, so it must not be
+        used again, not even for a close frame."""
 
     async def send(self, message: str | bytes) -> None:
         await self._shielded(partial(self._ws.send_message, message), self._timeout)
@@ -100,6 +108,7 @@ class _Sender:
             finally:
                 self._in_flight.discard(scope)
         if scope.cancelled_caught:
+            self.broken = True
             raise Stuck(f"no progress within {seconds:g} s")
 
     def hurry(self, grace: float) -> None:
@@ -126,10 +135,14 @@ async def _broadcast(subscription: Subscription[str], sender: _Sender) -> Ending
         except trio.EndOfChannel:
             return FEED_ENDED
         except Overflow:
-            # A close reason must fit in 123 bytes.
-            return Ending(1008, "too slow: broadcast queue full")
+            return TOO_SLOW
         for line in lines:
             await sender.send(line)
+
+
+async def _cut_off(subscription: Subscription[str]) -> Ending:
+    await subscription.cut_off()
+    return TOO_SLOW
 
 
 async def _keepalive(sender: _Sender, interval: float) -> Ending:
@@ -169,6 +182,7 @@ async def _race(
     async with trio.open_nursery() as race:
         race.start_soon(run, lambda: _receive(ws, sender, config.echo))
         race.start_soon(run, lambda: _broadcast(subscription, sender))
+        race.start_soon(run, lambda: _cut_off(subscription))
         if config.ping_interval > 0:
             race.start_soon(run, lambda: _keepalive(sender, config.ping_interval))
         try:
@@ -205,9 +219,10 @@ async def serve_client(
         ending = INTERNAL_ERROR
         raise
     finally:
+        dropping = ending.code == ABNORMAL or sender.broken
         with trio.move_on_after(config.close_timeout / 2) as closing:
-            if ending.code != ABNORMAL:
+            if not dropping:
                 await ws.aclose(ending.code, ending.reason)
-        if ending.code == ABNORMAL or closing.cancelled_caught:
+        if dropping or closing.cancelled_caught:
             await abort()
     return ending

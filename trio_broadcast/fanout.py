@@ -20,8 +20,9 @@ What a subscriber can rely on:
   that fell behind catches up with one write;
 * after :meth:`Fanout.close`, it still receives what was queued, then
   :class:`trio.EndOfChannel`;
-* under :attr:`OnFull.DISCONNECT` an overflowing subscriber is cut off at once and
-  its next :meth:`~Subscription.receive` raises :class:`Overflow`; under
+* under :attr:`OnFull.DISCONNECT` an overflowing subscriber is cut off at once:
+  :meth:`~Subscription.cut_off` returns and its next
+  :meth:`~Subscription.receive` raises :class:`Overflow`; under
   :attr:`OnFull.DROP` the batch is skipped for it and counted in
   :attr:`Subscription.dropped`.
 """
@@ -60,8 +61,20 @@ class Subscription(Generic[T]):
         self._backlog = backlog
         self.dropped = 0
         """Messages skipped for this subscriber under :attr:`OnFull.DROP`."""
-        self.overflowed = False
+        self._cut_off = trio.Event()
+
+    @property
+    def overflowed(self) -> bool:
         """Whether it was cut off under :attr:`OnFull.DISCONNECT`."""
+        return self._cut_off.is_set()
+
+    async def cut_off(self) -> None:
+        """Wait until this subscriber is cut off for falling behind.
+
+        A consumer busy writing is not waiting in :meth:`receive`; another task
+        can wait here to learn at once that it should stop.
+        """
+        await self._cut_off.wait()
 
     async def receive(self) -> list[T]:
         """Wait for at least one message, then return every message queued.
@@ -98,8 +111,11 @@ class Subscription(Generic[T]):
     def close(self) -> None:
         """Unsubscribe. Idempotent; queued messages are discarded."""
         self._fanout._subscribers.pop(self, None)
-        self._send.close()
+        self._backlog = []
+        # The receiving end first, so that a receive() in progress fails with
+        # ClosedResourceError rather than a clean EndOfChannel.
         self._receive.close()
+        self._send.close()
 
     def __enter__(self) -> Subscription[T]:
         return self
@@ -187,7 +203,7 @@ class Fanout(Generic[T]):
                     subscription.dropped += len(batch)
                     self.dropped += len(batch)
                 else:
-                    subscription.overflowed = True
+                    subscription._cut_off.set()
                     self.overflows += 1
                     subscription.close()
 
