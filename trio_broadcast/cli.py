@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count(1),
         default=defaults.queue_size,
         metavar="N",
-        help="broadcast messages a client may fall behind (default: %(default)s)",
+        help="broadcast batches (the lines of one read of stdin) a client may fall behind "
+        "(default: %(default)s)",
     )
     add(
         "--on-full",
@@ -178,14 +180,31 @@ def _announce(server: Server) -> None:
         print(f"{PROG}: listening on {url}", file=sys.stderr, flush=True)
 
 
+def _hold_stdin_slot() -> None:
+    """If fd 0 is closed, put /dev/null there.
+
+    Otherwise the first file Trio opens (its epoll instance) would become fd 0
+    and be read as standard input.
+    """
+    try:
+        os.fstat(0)
+    except OSError:
+        fd = os.open(os.devnull, os.O_RDONLY)
+        if fd != 0:  # pragma: no cover - fd 0 is the lowest free descriptor
+            os.dup2(fd, 0)
+            os.close(fd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    config = config_from_args(parser, parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    config = config_from_args(parser, args)
     logging.basicConfig(
-        level=parser.parse_args(argv).log_level.upper(),
+        level=args.log_level.upper(),
         format=f"{PROG}: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    _hold_stdin_slot()
     source = partial(read_lines, max_line_size=config.max_line_size)
     failure: str | None = None
     try:

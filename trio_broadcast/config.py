@@ -100,11 +100,18 @@ def _at_least(name: str, value: int, lowest: int) -> None:
         raise ValueError(f"{name} must be at least {lowest}, not {value}")
 
 
+def _number(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, not {value!r}")
+
+
 def _finite_at_least(name: str, value: float, lowest: float) -> None:
+    _number(name, value)
     if not math.isfinite(value) or value < lowest:
         raise ValueError(f"{name} must be a finite number of at least {lowest:g}, not {value}")
 
 
 def _positive(name: str, value: float) -> None:
+    _number(name, value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number above 0, not {value}")

@@ -85,6 +85,11 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> Re
         except h11.RemoteProtocolError as exc:
             raise BadRequest(exc.error_status_hint, str(exc)) from None
         if isinstance(event, h11.Request):
+            # h11 bounds only a head that is still incomplete; one that arrived
+            # whole in a single read is measured here.
+            head_size = len(received) - len(parser.trailing_data[0])
+            if head_size > max_size:
+                raise BadRequest(431, f"request head of {head_size} bytes is over {max_size}")
             return RequestHead(
                 method=event.method.decode("ascii", errors="replace"),
                 target=event.target.decode("ascii", errors="replace"),

@@ -327,19 +327,20 @@ async def run(
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
     if config.certfile is None or config.keyfile is None:
         return None
+    # Open each file first: load_cert_chain's errors do not say which one failed.
+    for what, path in (("certificate", config.certfile), ("key", config.keyfile)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise StartupError(f"cannot read the TLS {what} {path!r}: {exc.strerror}") from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(config.certfile, config.keyfile)
-    except OSError as exc:
-        if isinstance(exc, ssl.SSLError):
-            detail = exc.reason or str(exc)
-            raise StartupError(
-                f"cannot use the TLS certificate {config.certfile!r} with the key "
-                f"{config.keyfile!r}: {detail}"
-            ) from None
+    except ssl.SSLError as exc:
         raise StartupError(
-            f"cannot read the TLS certificate or key {exc.filename or config.certfile!r}: "
-            f"{exc.strerror or exc}"
+            f"cannot use the TLS certificate {config.certfile!r} with the key "
+            f"{config.keyfile!r}: {exc.reason or exc}"
         ) from None
     return context
 
