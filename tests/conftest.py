@@ -1,0 +1,157 @@
+"""Shared test helpers: servers started in-process, and the installed command.
+
+Every test bounds itself with ``trio.fail_after`` and synchronises on events
+(a line received, a log line printed), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from trio_broadcast import Config, Publish, Server, serve
+
+COMMAND = Path(sys.executable).with_name("trio-broadcast")
+
+
+class LineFeed:
+    """A line source for in-process servers, driven by the test.
+
+    ``await feed.send("a", "b")`` publishes one batch; ``feed.end()`` ends the input.
+    """
+
+    def __init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[Sequence[str]](100)
+
+    async def send(self, *lines: str) -> None:
+        await self._send.send(lines)
+
+    def end(self) -> None:
+        self._send.close()
+
+    async def __call__(self, publish: Publish) -> None:
+        async for batch in self._receive:
+            await publish(batch)
+
+
+@asynccontextmanager
+async def running_server(source: LineFeed | None = None, **settings: Any) -> AsyncIterator[Server]:
+    """Serve on 127.0.0.1 and a free port; hard-stop on leaving."""
+    config = Config(host="127.0.0.1", port=0, **settings)
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(serve, config, source)
+        yield server
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def ws_client(url: str, **options: Any) -> AsyncIterator[WebSocketConnection]:
+    """trio-websocket's client, making sure its socket is closed on the way out.
+
+    trio-websocket 0.12's client leaves its TCP socket open when the *server*
+    started the close (its ``aclose()`` returns early once a close reason is
+    set, and only server connections close the stream), which shows up as a
+    ResourceWarning. Close it here, through the one private attribute we touch.
+    """
+    async with open_websocket_url(url, **options) as ws:
+        try:
+            yield ws
+        finally:
+            await trio.aclose_forcefully(ws._stream)
+
+
+async def wait_until(predicate: Any, what: str = "condition") -> None:
+    """Wait for ``predicate()`` to become true, re-checking after each scheduling round.
+
+    For state that has no event of its own (a counter in the server); the
+    caller's ``fail_after`` bounds it.
+    """
+    while not predicate():
+        await trio.sleep(0.001)
+
+
+class Process:
+    """The installed ``trio-broadcast`` command, running in a subprocess."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.stderr = bytearray()
+        self.urls: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    async def read_stderr_until(self, pattern: str) -> re.Match[str]:
+        """Read stderr until ``pattern`` matches a line; the caller bounds the time."""
+        assert self.process.stderr is not None
+        regex = re.compile(pattern)
+        while True:
+            for line in self.stderr.decode(errors="replace").splitlines():
+                match = regex.search(line)
+                if match:
+                    return match
+            chunk = await self.process.stderr.receive_some()
+            if not chunk:
+                raise AssertionError(
+                    f"stderr ended without {pattern!r}:\n{self.stderr.decode(errors='replace')}"
+                )
+            self.stderr += chunk
+
+    async def read_all_stderr(self) -> str:
+        assert self.process.stderr is not None
+        while chunk := await self.process.stderr.receive_some():
+            self.stderr += chunk
+        return self.stderr.decode(errors="replace")
+
+    async def write(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(data)
+
+    async def close_stdin(self) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.aclose()
+
+
+@asynccontextmanager
+async def running_command(
+    *args: str, stdin: int | None = -1, wait_listening: bool = True
+) -> AsyncIterator[Process]:
+    """Start ``trio-broadcast --host 127.0.0.1 --port 0 ARGS`` with piped stdin and stderr.
+
+    ``stdin=-1`` gives a pipe (``process.write``); pass a file descriptor to use
+    that instead. On leaving, the process is killed if it is still running.
+    """
+    command = [str(COMMAND), "--host", "127.0.0.1", "--port", "0", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = await trio.lowlevel.open_process(
+        command,
+        stdin=subprocess.PIPE if stdin == -1 else stdin,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    running = Process(process)
+    try:
+        if wait_listening:
+            with trio.fail_after(10):
+                match = await running.read_stderr_until(r"listening on (wss?://\S+)")
+            running.urls = re.findall(r"listening on (wss?://\S+)", running.stderr.decode())
+            assert match
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+        for stream in (process.stdin, process.stderr):
+            if stream is not None:
+                await trio.aclose_forcefully(stream)

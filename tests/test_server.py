@@ -1,0 +1,441 @@
+"""The server in-process: real sockets on 127.0.0.1, real clients.
+
+Well-behaved clients are trio-websocket's; misbehaving ones are raw TCP sockets
+that do exactly the wrong thing each test needs (never read, never answer a
+ping, send garbage). Every test is bounded by ``trio.fail_after``, and no test
+may leave an error in the server's log.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import logging
+import os
+import socket
+import ssl
+import struct
+from collections.abc import Iterator
+
+import pytest
+import trio
+import trustme
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+)
+
+from trio_broadcast import Config, OnFull, Server, StartupError, serve
+
+from .conftest import LineFeed, running_server, wait_until, ws_client
+
+
+@pytest.fixture(autouse=True)
+def no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG, logger="trio_broadcast")
+    yield
+    gc.collect()  # report a leaked socket against the test that leaked it
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+async def receive_n(ws: WebSocketConnection, count: int) -> list[str | bytes]:
+    return [await ws.get_message() for _ in range(count)]
+
+
+async def close_code(ws: WebSocketConnection) -> int:
+    """Read until the server closes; return its close code."""
+    with pytest.raises(ConnectionClosed) as closed:  # noqa: PT012 - read until it raises
+        while True:
+            await ws.get_message()
+    assert closed.value.reason is not None
+    return closed.value.reason.code
+
+
+async def raw_connect(server: Server, *, rcvbuf: int | None = None) -> trio.SocketStream:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    await sock.connect(("127.0.0.1", server.port))
+    return trio.SocketStream(sock)
+
+
+async def read_head(stream: trio.SocketStream) -> bytes:
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = await stream.receive_some(1)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def upgrade_request(key: bytes | None = None) -> bytes:
+    key = key or base64.b64encode(os.urandom(16))
+    return (
+        b"GET /feed HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+
+
+async def raw_websocket(server: Server, *, rcvbuf: int | None = None) -> trio.SocketStream:
+    """A client that completes the handshake by hand and then does only what the test says."""
+    stream = await raw_connect(server, rcvbuf=rcvbuf)
+    await stream.send_all(upgrade_request())
+    assert (await read_head(stream)).startswith(b"HTTP/1.1 101")
+    return stream
+
+
+def reset(stream: trio.SocketStream) -> None:
+    """Drop the connection with a TCP RST, as a vanished peer does."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stream.socket.close()
+
+
+# --- broadcast and echo -------------------------------------------------------
+
+
+async def test_lines_reach_every_client_in_order() -> None:
+    feed = LineFeed()
+    with trio.fail_after(10):
+        async with (
+            running_server(feed) as server,
+            ws_client(server.urls[0]) as a,
+            ws_client(server.urls[0] + "any/path?x=1") as b,
+        ):
+            await wait_until(lambda: server.clients == 2)
+            await feed.send("one", "", "three")
+            await feed.send("four")
+            assert await receive_n(a, 4) == ["one", "", "three", "four"]
+            assert await receive_n(b, 4) == ["one", "", "three", "four"]
+
+
+async def test_echo_keeps_the_type_and_goes_to_the_sender_only() -> None:
+    feed = LineFeed()
+    with trio.fail_after(10):
+        async with (
+            running_server(feed) as server,
+            ws_client(server.urls[0]) as a,
+            ws_client(server.urls[0]) as b,
+        ):
+            await a.send_message("text")
+            await a.send_message(b"\x00\xffbinary")
+            assert await receive_n(a, 2) == ["text", b"\x00\xffbinary"]
+            await feed.send("after")
+            # b's first message is the broadcast, so it got no echo of a's.
+            assert await b.get_message() == "after"
+            assert await a.get_message() == "after"
+
+
+async def test_no_echo_still_reads_and_answers_pings() -> None:
+    feed = LineFeed()
+    with trio.fail_after(10):
+        async with (
+            running_server(feed, echo=False) as server,
+            ws_client(server.urls[0]) as ws,
+        ):
+            for _ in range(5):  # more than trio-websocket's one-message queue
+                await ws.send_message("ignored")
+            await ws.ping()
+            await feed.send("broadcast")
+            assert await ws.get_message() == "broadcast"
+
+
+async def test_a_burst_larger_than_the_queue_reaches_a_prompt_client() -> None:
+    feed = LineFeed()
+    lines = [f"line {i}" for i in range(2000)]
+    with trio.fail_after(10):
+        async with (
+            running_server(feed, queue_size=1) as server,
+            ws_client(server.urls[0]) as ws,
+        ):
+            await wait_until(lambda: server.clients == 1)
+            await feed.send(*lines)
+            assert await receive_n(ws, len(lines)) == lines
+
+
+async def test_history_then_live_feed_without_gap() -> None:
+    feed = LineFeed()
+    with trio.fail_after(10):
+        async with running_server(feed, history=3) as server:
+            await feed.send("a", "b", "c", "d")
+            await wait_until(lambda: server.lines_read == 4)
+            async with ws_client(server.urls[0]) as ws:
+                await feed.send("e")
+                assert await receive_n(ws, 4) == ["b", "c", "d", "e"]
+
+
+# --- slow, stuck and vanished clients -----------------------------------------
+
+
+async def test_a_client_that_never_reads_is_cut_off_and_delays_nobody() -> None:
+    feed = LineFeed()
+    line = "x" * 1000
+    with trio.fail_after(15):
+        async with running_server(feed, queue_size=4, send_timeout=30) as server:
+            stuck = await raw_websocket(server, rcvbuf=4096)
+            async with ws_client(server.urls[0]) as ws:
+                await wait_until(lambda: server.clients == 2)
+                for i in range(300):
+                    await feed.send(f"{i} {line}")
+                    assert await ws.get_message() == f"{i} {line}"
+                assert server.hub.overflows == 1
+                await wait_until(lambda: server.clients == 1)
+            await stuck.aclose()
+
+
+async def test_drop_policy_skips_messages_for_the_slow_client_only() -> None:
+    feed = LineFeed()
+    line = "y" * 1000
+    with trio.fail_after(15):
+        async with running_server(
+            feed, queue_size=2, on_full=OnFull.DROP, send_timeout=0.5
+        ) as server:
+            stuck = await raw_websocket(server, rcvbuf=4096)
+            async with ws_client(server.urls[0]) as ws:
+                await wait_until(lambda: server.clients == 2)
+                for i in range(300):
+                    await feed.send(f"{i} {line}")
+                    assert await ws.get_message() == f"{i} {line}"
+                assert server.hub.dropped > 0
+                assert server.hub.overflows == 0
+                # The stuck write is bounded by send_timeout: the connection is dropped.
+                await wait_until(lambda: server.clients == 1)
+            await stuck.aclose()
+
+
+async def test_a_client_reset_mid_broadcast_leaves_others_unaffected() -> None:
+    feed = LineFeed()
+    with trio.fail_after(10):
+        async with running_server(feed) as server:
+            doomed = await raw_websocket(server)
+            async with ws_client(server.urls[0]) as ws:
+                await wait_until(lambda: server.clients == 2)
+                await feed.send(*(f"{i}" for i in range(100)))
+                reset(doomed)
+                await feed.send(*(f"{i}" for i in range(100, 300)))
+                assert await receive_n(ws, 300) == [f"{i}" for i in range(300)]
+                await wait_until(lambda: server.clients == 1)
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped() -> None:
+    with trio.fail_after(10):
+        async with running_server(ping_interval=0.1) as server:
+            half_open = await raw_websocket(server)
+            async with ws_client(server.urls[0]) as ws:
+                await wait_until(lambda: server.clients == 2)
+                # trio-websocket answers pings; the raw socket does not.
+                await wait_until(lambda: server.clients == 1)
+                await ws.send_message("still here")
+                assert await ws.get_message() == "still here"
+            assert await half_open.receive_some() != b""  # the unanswered pings
+            await half_open.aclose()
+
+
+async def test_an_oversized_message_closes_with_1009() -> None:
+    with trio.fail_after(10):
+        async with (
+            running_server(max_message_size=100) as server,
+            ws_client(server.urls[0]) as ws,
+        ):
+            await ws.send_message("z" * 101)
+            assert await close_code(ws) == 1009
+
+
+# --- the handshake ------------------------------------------------------------
+
+
+async def http_exchange(server: Server, request: bytes) -> bytes:
+    stream = await raw_connect(server)
+    await stream.send_all(request)
+    received = b""
+    while chunk := await stream.receive_some():
+        received += chunk
+    await stream.aclose()
+    return received
+
+
+async def test_plain_http_gets_426_and_garbage_gets_400() -> None:
+    with trio.fail_after(10):
+        async with running_server() as server:
+            answer = await http_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 426 ")
+            assert b"upgrade: websocket" in answer.lower()
+            assert (await http_exchange(server, b"\x16\x03\x01garbage\r\n\r\n")).startswith(
+                b"HTTP/1.1 400 "
+            )
+            async with ws_client(server.urls[0]) as ws:
+                await ws.send_message("alive")
+                assert await ws.get_message() == "alive"
+
+
+async def test_a_bad_upgrade_request_gets_400() -> None:
+    with trio.fail_after(10):
+        async with running_server() as server:
+            no_key = upgrade_request().replace(b"Sec-WebSocket-Key", b"X-Nothing")
+            assert (await http_exchange(server, no_key)).startswith(b"HTTP/1.1 400 ")
+            post = upgrade_request().replace(b"GET", b"POST")
+            assert (await http_exchange(server, post)).startswith(b"HTTP/1.1 400 ")
+
+
+async def test_an_oversized_request_head_gets_431() -> None:
+    with trio.fail_after(10):
+        async with running_server(max_request_head=1024) as server:
+            request = upgrade_request().replace(
+                b"\r\n\r\n", b"\r\nX-Big: " + b"b" * 2000 + b"\r\n\r\n"
+            )
+            assert (await http_exchange(server, request)).startswith(b"HTTP/1.1 431 ")
+
+
+async def test_a_handshake_in_small_pieces_works() -> None:
+    feed = LineFeed()
+    with trio.fail_after(10):
+        async with running_server(feed) as server:
+            stream = await raw_connect(server)
+            request = upgrade_request()
+            for i in range(0, len(request), 7):
+                await stream.send_all(request[i : i + 7])
+            assert (await read_head(stream)).startswith(b"HTTP/1.1 101")
+            await feed.send("hi")
+            assert await stream.receive_some() == b"\x81\x02hi"
+            await stream.aclose()
+
+
+async def test_a_connection_that_never_handshakes_is_dropped() -> None:
+    with trio.fail_after(10):
+        async with running_server(handshake_timeout=0.2) as server:
+            idle = await raw_connect(server)
+            await wait_until(lambda: server.connections == 1)
+            assert await idle.receive_some() == b""
+            await wait_until(lambda: server.connections == 0)
+            await idle.aclose()
+
+
+async def test_max_clients_refuses_with_503() -> None:
+    with trio.fail_after(10):
+        async with running_server(max_clients=1) as server:
+            async with ws_client(server.urls[0]):
+                refused = await http_exchange(server, upgrade_request())
+                assert refused.startswith(b"HTTP/1.1 503 ")
+                assert b"too many clients" in refused
+            await wait_until(lambda: server.clients == 0)
+            async with ws_client(server.urls[0]) as ws:
+                await ws.send_message("room again")
+                assert await ws.get_message() == "room again"
+
+
+# --- stopping -----------------------------------------------------------------
+
+
+async def test_shutdown_closes_every_client_with_1001_and_returns() -> None:
+    config = Config(host="127.0.0.1", port=0)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(serve, config)
+            async with (
+                ws_client(server.urls[0]) as a,
+                ws_client(server.urls[0]) as b,
+            ):
+                await wait_until(lambda: server.clients == 2)
+                server.shutdown()
+                assert await close_code(a) == 1001
+                assert await close_code(b) == 1001
+        # serve() returned by itself: the nursery exited without being cancelled.
+        assert server.clients == 0
+
+
+async def test_shutdown_is_bounded_with_a_stuck_client() -> None:
+    config = Config(host="127.0.0.1", port=0, close_timeout=0.4)
+    line = "s" * 10_000
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(serve, config)
+            stuck = await raw_websocket(server, rcvbuf=4096)
+            await wait_until(lambda: server.clients == 1)
+            for _ in range(10):
+                await server.publish([line] * 10)
+            started = trio.current_time()
+            server.shutdown()
+        assert trio.current_time() - started < 1.0
+        await stuck.aclose()
+
+
+async def test_end_of_input_with_exit_on_eof_delivers_then_closes_with_1000() -> None:
+    feed = LineFeed()
+    config = Config(host="127.0.0.1", port=0, exit_on_eof=True)
+    lines = [f"last {i}" for i in range(500)]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(serve, config, feed)
+            async with ws_client(server.urls[0]) as ws:
+                await wait_until(lambda: server.clients == 1)
+                await feed.send(*lines)
+                feed.end()
+                assert await receive_n(ws, len(lines)) == lines
+                assert await close_code(ws) == 1000
+        assert not server.input_open
+
+
+async def test_end_of_input_keeps_serving_by_default() -> None:
+    feed = LineFeed()
+    with trio.fail_after(10):
+        async with running_server(feed) as server:
+            feed.end()
+            await wait_until(lambda: not server.input_open)
+            async with ws_client(server.urls[0]) as ws:
+                await ws.send_message("after eof")
+                assert await ws.get_message() == "after eof"
+
+
+# --- TLS and start-up errors --------------------------------------------------
+
+
+async def test_tls(tmp_path: os.PathLike[str]) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    certfile = os.path.join(tmp_path, "cert.pem")
+    keyfile = os.path.join(tmp_path, "key.pem")
+    certificate.cert_chain_pems[0].write_to_path(certfile)
+    certificate.private_key_pem.write_to_path(keyfile)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    feed = LineFeed()
+    with trio.fail_after(10):
+        async with running_server(feed, certfile=certfile, keyfile=keyfile) as server:
+            assert server.urls[0].startswith("wss://127.0.0.1:")
+            async with ws_client(server.urls[0], ssl_context=client_context) as ws:
+                await wait_until(lambda: server.clients == 1)
+                await feed.send("secret")
+                assert await ws.get_message() == "secret"
+            # Plain TCP on the TLS port: dropped, and the server carries on.
+            assert (await http_exchange(server, b"GET / HTTP/1.1\r\n\r\n")) == b""
+
+
+async def test_port_in_use_is_a_startup_error() -> None:
+    with trio.fail_after(5):
+        async with running_server() as server:
+            with pytest.raises(StartupError, match="address already in use"):
+                await serve(Config(host="127.0.0.1", port=server.port))
+
+
+async def test_a_missing_certificate_is_a_startup_error(tmp_path: os.PathLike[str]) -> None:
+    missing = os.path.join(tmp_path, "missing.pem")
+    with (
+        trio.fail_after(5),
+        pytest.raises(StartupError, match=r"cannot read the TLS certificate.*missing\.pem"),
+    ):
+        await serve(Config(host="127.0.0.1", port=0, certfile=missing, keyfile=missing))
+
+
+async def test_a_bad_certificate_is_a_startup_error(tmp_path: os.PathLike[str]) -> None:
+    bogus = os.path.join(tmp_path, "bogus.pem")
+    with open(bogus, "w") as file:
+        file.write("not a certificate\n")
+    with trio.fail_after(5), pytest.raises(StartupError, match="cannot use the TLS certificate"):
+        await serve(Config(host="127.0.0.1", port=0, certfile=bogus, keyfile=bogus))
+
+
+async def test_an_unknown_host_is_a_startup_error() -> None:
+    with trio.fail_after(10), pytest.raises(StartupError, match="cannot resolve host"):
+        await serve(Config(host="no-such-host.invalid", port=0))
