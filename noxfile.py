@@ -18,6 +18,7 @@ TEST_DEPS = [
     "pytest-cov>=5",
     "hypothesis>=6.100",
     "websockets>=15",
+    "trustme>=1.1",
 ]
 LINT_DEPS = ["ruff>=0.8"]
 TYPE_DEPS = ["mypy>=1.13", *TEST_DEPS, "nox"]
