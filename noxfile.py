@@ -22,7 +22,7 @@ TEST_DEPS = [
 ]
 LINT_DEPS = ["ruff>=0.8"]
 TYPE_DEPS = ["mypy>=1.13", *TEST_DEPS, "nox"]
-COVERAGE_FLOOR = 90
+COVERAGE_FLOOR = 95
 
 
 @nox.session(python=PYTHON)
