@@ -1,0 +1,47 @@
+"""The README's promises: its Python examples run, its options table matches the command."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trio_broadcast.cli import build_parser
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+EXAMPLES = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+
+
+def test_readme_has_examples() -> None:
+    assert len(EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize("code", EXAMPLES, ids=lambda code: code.splitlines()[-1])
+def test_readme_example_runs(code: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_readme_opens_with_the_two_setup_commands() -> None:
+    blocks = re.findall(r"```sh\n(.*?)```", README, re.DOTALL)
+    assert blocks[0].strip().endswith(".venv/bin/trio-broadcast")
+    assert blocks[1].strip() == "python3 -m pip install nox && python3 -m nox"
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert blocks[1].strip() in ci
+
+
+def test_every_option_is_in_the_readme_table() -> None:
+    options = {
+        option
+        for action in build_parser()._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    for option in options:
+        assert f"`{option}" in README, option
