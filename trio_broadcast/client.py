@@ -7,7 +7,8 @@ tasks, and whichever finishes first decides how the connection ends:
   it with ``echo=False``; reading must go on so that pings and close frames are
   still processed);
 * ``_broadcast``: wait on the client's :class:`~trio_broadcast.fanout.Subscription`
-  and write whatever is queued;
+  and write whatever is queued, frames encoded once for all clients
+  (:mod:`~trio_broadcast.frames`), in a single write;
 * ``_keepalive``: ping every ``ping_interval`` seconds; a peer that has not
   answered by the next ping is dropped;
 * ``_cut_off``: wait for the fan-out to cut the client off for falling behind,
@@ -33,6 +34,7 @@ from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from .config import Config
 from .fanout import Overflow, Subscription
+from .frame_writer import FrameWriter
 
 log = logging.getLogger("trio_broadcast")
 
@@ -84,6 +86,7 @@ class _Sender:
 
     def __init__(self, ws: WebSocketConnection, timeout: float) -> None:
         self._ws = ws
+        self._frames = FrameWriter(ws)
         self._timeout = timeout
         self._in_flight: set[trio.CancelScope] = set()
         self.sent = 0
@@ -93,8 +96,14 @@ class _Sender:
         used again, not even for a close frame."""
 
     async def send(self, message: str | bytes) -> None:
+        """Send one message (an echo), encoded by trio-websocket."""
         await self._shielded(partial(self._ws.send_message, message), self._timeout)
         self.sent += 1
+
+    async def send_frames(self, frames: list[bytes]) -> None:
+        """Send broadcast frames, already encoded, with a single write."""
+        await self._shielded(partial(self._frames.write, b"".join(frames)), self._timeout)
+        self.sent += len(frames)
 
     async def ping(self, seconds: float) -> None:
         """Ping and wait for the pong, at most ``seconds``."""
@@ -128,19 +137,18 @@ async def _receive(ws: WebSocketConnection, sender: _Sender, echo: bool) -> Endi
             await sender.send(message)
 
 
-async def _broadcast(subscription: Subscription[str], sender: _Sender) -> Ending:
+async def _broadcast(subscription: Subscription[bytes], sender: _Sender) -> Ending:
     while True:
         try:
-            lines = await subscription.receive()
+            frames = await subscription.receive()
         except trio.EndOfChannel:
             return FEED_ENDED
         except Overflow:
             return TOO_SLOW
-        for line in lines:
-            await sender.send(line)
+        await sender.send_frames(frames)
 
 
-async def _cut_off(subscription: Subscription[str]) -> Ending:
+async def _cut_off(subscription: Subscription[bytes]) -> Ending:
     await subscription.cut_off()
     return TOO_SLOW
 
@@ -160,7 +168,7 @@ async def _until_cancelled() -> None:
 
 async def _race(
     ws: WebSocketConnection,
-    subscription: Subscription[str],
+    subscription: Subscription[bytes],
     sender: _Sender,
     config: Config,
 ) -> Ending:
@@ -197,7 +205,7 @@ async def _race(
 
 async def serve_client(
     ws: WebSocketConnection,
-    subscription: Subscription[str],
+    subscription: Subscription[bytes],
     config: Config,
     *,
     stop: trio.CancelScope,

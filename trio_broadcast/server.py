@@ -40,6 +40,7 @@ from trio_websocket import (
 from .client import GOING_AWAY, Ending, serve_client
 from .config import Config
 from .fanout import Fanout
+from .frames import encode_lines
 from .handshake import BadRequest, ReplayStream, http_response, read_request_head
 from .stdin import Publish
 
@@ -73,7 +74,7 @@ class Server:
         self.config = config
         self.urls = urls
         """One ``ws://`` or ``wss://`` URL per listening socket."""
-        self.hub: Fanout[str] = Fanout(
+        self.hub: Fanout[bytes] = Fanout(
             queue_size=config.queue_size, on_full=config.on_full, history=config.history
         )
         self.input_open = True
@@ -116,10 +117,12 @@ class Server:
     async def publish(self, lines: Sequence[str]) -> None:
         """Broadcast ``lines`` to every client, then let the clients run.
 
+        Each line is encoded into its WebSocket frame here, once for all clients.
+
         Never waits on a client: the checkpoint after publishing is what lets
         client tasks write before the next batch arrives.
         """
-        self.hub.publish(lines)
+        self.hub.publish(encode_lines(lines))
         self.lines_read += len(lines)
         self._report_drops()
         await trio.lowlevel.checkpoint()

@@ -1,0 +1,80 @@
+"""The one place that reaches inside trio-websocket: writing encoded frames.
+
+trio-websocket's public ``send_message()`` encodes one message per call with
+wsproto and writes it with one ``send_all``. For fan-out that is the cost that
+matters: every line would be encoded again for every client, and a client that
+fell behind by 500 lines would need 500 writes. :class:`FrameWriter` instead
+writes bytes that :mod:`trio_broadcast.frames` encoded once, as many frames as
+are queued in one ``send_all``.
+
+To stay correct it does what ``WebSocketConnection._send`` does: it refuses to
+write once the connection is closing, holds the connection's stream lock (so
+its bytes never interleave with a pong or a close frame written by
+trio-websocket's reader task), and turns a broken stream into
+``ConnectionClosed``. Sending whole messages only, it leaves wsproto's state
+untouched: wsproto tracks outgoing state only inside fragmented messages,
+which this server never sends.
+
+These are private attributes, so :func:`check_compatible` verifies them (and
+that no extension such as permessage-deflate was negotiated, which would make
+pre-encoded frames wrong) for every connection, and fails loudly if a
+trio-websocket release changes them. The dependency is pinned to the tested
+range in ``pyproject.toml`` (``trio-websocket>=0.12,<0.13``).
+"""
+
+from __future__ import annotations
+
+import trio
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
+from wsproto.connection import ConnectionState
+
+
+class IncompatibleWebSocket(RuntimeError):
+    """trio-websocket's internals are not what this module was written against."""
+
+
+def check_compatible(ws: WebSocketConnection) -> None:
+    """Raise :class:`IncompatibleWebSocket` unless ``ws`` has what :class:`FrameWriter` uses."""
+    try:
+        stream = ws._stream
+        lock = ws._stream_lock
+        protocol = ws._wsproto
+        state = protocol.state
+        extensions = protocol.connection._proto.extensions  # type: ignore[union-attr]
+        ws._close_reason  # noqa: B018 - probing that the attribute exists
+    except AttributeError as exc:
+        raise IncompatibleWebSocket(
+            f"trio-websocket internals changed ({exc}); trio_broadcast.frame_writer "
+            "needs updating for this trio-websocket release"
+        ) from None
+    if not isinstance(stream, trio.abc.SendStream) or not isinstance(lock, trio.StrictFIFOLock):
+        raise IncompatibleWebSocket("trio-websocket's stream or stream lock changed type")
+    if not isinstance(state, ConnectionState):
+        raise IncompatibleWebSocket("wsproto's connection state changed type")
+    if extensions:
+        raise IncompatibleWebSocket(
+            f"extensions were negotiated ({extensions!r}); pre-encoded frames would be wrong"
+        )
+
+
+class FrameWriter:
+    """Write pre-encoded server frames to one accepted WebSocket connection."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        check_compatible(ws)
+        self._ws = ws
+
+    async def write(self, frames: bytes) -> None:
+        """Write ``frames`` (whole frames, concatenated) with one ``send_all``.
+
+        Raises ``ConnectionClosed`` if the connection is closing or broken, like
+        ``send_message()`` does.
+        """
+        ws = self._ws
+        if ws._close_reason is not None:
+            raise ConnectionClosed(ws._close_reason)
+        async with ws._stream_lock:
+            try:
+                await ws._stream.send_all(frames)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ConnectionClosed(ws._close_reason or CloseReason(1006, None)) from None
