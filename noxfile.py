@@ -31,7 +31,7 @@ def tests(session: nox.Session) -> None:
     session.install(".", *TEST_DEPS)
     session.run(
         "pytest",
-        "--cov=trio_broadcast",
+        "--cov",
         "--cov-report=term-missing:skip-covered",
         f"--cov-fail-under={COVERAGE_FLOOR}",
         *session.posargs,
