@@ -16,6 +16,7 @@ Every test is bounded by ``trio.fail_after``; tasks are synchronised with
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -577,3 +578,79 @@ async def test_random_interleavings_match_the_model(
                     await driver.receive(data.draw(st.sampled_from(candidates), label="who"))
             driver.check_counters()
         driver.check_runs()
+
+
+# --- the deliver fast path -----------------------------------------------------
+
+
+async def test_deliver_is_used_while_the_subscriber_is_idle() -> None:
+    delivered: list[tuple[str, ...]] = []
+
+    def deliver(batch: tuple[str, ...]) -> tuple[str, ...]:
+        delivered.append(batch)
+        return ()
+
+    fanout = Fanout[str](queue_size=2)
+    with trio.fail_after(5), fanout.subscribe(deliver=deliver):
+        fanout.publish(["a"])
+        fanout.publish(["b", "c"])
+        assert delivered == [("a",), ("b", "c")]
+
+
+async def test_what_deliver_leaves_is_queued_ahead_of_newer_batches() -> None:
+    fanout = Fanout[str](queue_size=4)
+    with trio.fail_after(5), fanout.subscribe(deliver=lambda batch: batch[1:]) as subscription:
+        fanout.publish(["a", "b"])  # "a" delivered, "b" queued
+        fanout.publish(["c"])  # something is queued: no fast path, queued behind "b"
+        assert await subscription.receive() == ["b", "c"]
+        # Back in receive() with nothing queued: idle again, the fast path resumes.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(subscription.receive)
+            await trio.testing.wait_all_tasks_blocked()
+            fanout.publish(["d", "e"])  # "d" delivered, "e" handed to the waiting receive
+            nursery.cancel_scope.cancel()
+
+
+async def test_no_fast_path_while_history_is_pending() -> None:
+    calls: list[tuple[str, ...]] = []
+
+    def deliver(batch: tuple[str, ...]) -> tuple[str, ...]:
+        calls.append(batch)
+        return ()
+
+    fanout = Fanout[str](queue_size=4, history=1)
+    fanout.publish(["old"])
+    with trio.fail_after(5), fanout.subscribe(deliver=deliver) as sub:
+        fanout.publish(["new"])
+        assert calls == []
+        assert await sub.receive() == ["old", "new"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_fast_path_and_queue_together_keep_order(data: st.DataObject) -> None:
+    """Whatever deliver accepts, the subscriber sees every message once, in order."""
+    batches = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=30))
+    seen: list[int] = []
+
+    def deliver(batch: tuple[int, ...]) -> tuple[int, ...]:
+        taken = data.draw(st.integers(0, len(batch)))
+        seen.extend(batch[:taken])
+        return batch[taken:]
+
+    async def main() -> None:
+        fanout = Fanout[int](queue_size=100)
+        counter = iter(range(10_000))
+        with trio.fail_after(5), fanout.subscribe(deliver=deliver) as subscription:
+            for size in batches:
+                fanout.publish([next(counter) for _ in range(size)])
+                if data.draw(st.booleans()):
+                    while subscription._receive.statistics().current_buffer_used:
+                        seen.extend(await subscription.receive())
+            fanout.close()
+            with contextlib.suppress(trio.EndOfChannel):
+                while True:
+                    seen.extend(await subscription.receive())
+        assert seen == list(range(sum(batches)))
+
+    trio.run(main)

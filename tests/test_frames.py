@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio_websocket import WebSocketConnection, serve_websocket
 from wsproto.frame_protocol import FrameProtocol
 
 from trio_broadcast.frame_writer import FrameWriter, IncompatibleWebSocket, check_compatible
-from trio_broadcast.frames import encode_lines, text_frame
+from trio_broadcast.frames import encode_lines, message_frame, text_frame
 
 from .conftest import ws_client
 
@@ -53,13 +54,24 @@ async def test_the_writer_works_on_this_trio_websocket_release() -> None:
             async with ws_client(url) as client:
                 server_side = await accepted.receive()
                 check_compatible(server_side)
-                writer = FrameWriter(server_side)
-                await writer.write(b"".join(encode_lines(["one", "two"])))
-                assert await client.get_message() == "one"
-                assert await client.get_message() == "two"
+                writer = FrameWriter(server_side, server_side._stream)
+                frames = b"".join(encode_lines(["one", "two"]))
+                assert writer.write_nowait(frames) == len(frames)
+                await writer.write(b"".join(encode_lines(["three"])))
+                assert [await client.get_message() for _ in range(3)] == ["one", "two", "three"]
+                # Not a plain socket (TLS, say): nothing is written directly.
+                other = FrameWriter(server_side, trio.testing.MemorySendStream())  # type: ignore[arg-type]
+                assert other.write_nowait(frames) == 0
             nursery.cancel_scope.cancel()
 
 
 def test_a_changed_connection_is_refused_loudly() -> None:
     with pytest.raises(IncompatibleWebSocket, match="internals changed"):
         check_compatible(object())  # type: ignore[arg-type]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=70000)))
+def test_message_frames_match_wsproto(message: str | bytes) -> None:
+    expected = FrameProtocol(client=False, extensions=[]).send_data(message, fin=True)
+    assert message_frame(message) == bytes(expected)

@@ -8,7 +8,10 @@ tasks, and whichever finishes first decides how the connection ends:
   still processed);
 * ``_broadcast``: wait on the client's :class:`~trio_broadcast.fanout.Subscription`
   and write whatever is queued, frames encoded once for all clients
-  (:mod:`~trio_broadcast.frames`), in a single write;
+  (:mod:`~trio_broadcast.frames`), in a single write. While the client keeps
+  up, its queue stays empty: the publisher writes the frames itself through
+  :meth:`_Sender.deliver_nowait`, and this task only wakes when the socket
+  could not take everything at once;
 * ``_keepalive``: ping every ``ping_interval`` seconds; a peer that has not
   answered by the next ping is dropped;
 * ``_cut_off``: wait for the fan-out to cut the client off for falling behind,
@@ -33,8 +36,9 @@ import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from .config import Config
-from .fanout import Overflow, Subscription
+from .fanout import Fanout, Overflow, Subscription
 from .frame_writer import FrameWriter
+from .frames import message_frame
 
 log = logging.getLogger("trio_broadcast")
 
@@ -70,6 +74,10 @@ def _closed_by_peer(reason: CloseReason | None) -> Ending:
     return Ending(reason.code, reason.reason or "", by_peer=True)
 
 
+class _Tail(bytes):
+    """The unwritten end of a batch whose frames were already counted as sent."""
+
+
 class Stuck(Exception):
     """A write (or a ping's answer) did not complete in time."""
 
@@ -77,16 +85,24 @@ class Stuck(Exception):
 class _Sender:
     """Every write to one connection goes through here.
 
-    Each write is shielded from cancellation, so that a frame is never left
-    half-written, and bounded by a deadline, so that a peer that stops reading
-    cannot hold the task forever: past the deadline :class:`Stuck` is raised and
-    the connection is dropped rather than closed. When the connection is being
-    closed, :meth:`hurry` shortens the deadline of writes still in flight.
+    A write first offers its bytes to the socket without waiting
+    (:meth:`FrameWriter.write_nowait`), which cannot be interrupted. What the
+    socket does not take at once is written under a shield from cancellation,
+    so that a frame is never left half-written, and bounded by a deadline, so
+    that a peer that stops reading cannot hold the task forever: past the
+    deadline :class:`Stuck` is raised and the connection is dropped rather than
+    closed. When the connection is being closed, :meth:`hurry` shortens the
+    deadline of writes still in flight.
     """
 
-    def __init__(self, ws: WebSocketConnection, timeout: float) -> None:
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        transport: trio.abc.Stream,
+        timeout: float,
+    ) -> None:
         self._ws = ws
-        self._frames = FrameWriter(ws)
+        self._frames = FrameWriter(ws, transport)
         self._timeout = timeout
         self._in_flight: set[trio.CancelScope] = set()
         self.sent = 0
@@ -96,14 +112,42 @@ class _Sender:
         used again, not even for a close frame."""
 
     async def send(self, message: str | bytes) -> None:
-        """Send one message (an echo), encoded by trio-websocket."""
-        await self._shielded(partial(self._ws.send_message, message), self._timeout)
+        """Send one message (an echo), keeping its type."""
+        await self._write(message_frame(message))
         self.sent += 1
 
-    async def send_frames(self, frames: list[bytes]) -> None:
-        """Send broadcast frames, already encoded, with a single write."""
-        await self._shielded(partial(self._frames.write, b"".join(frames)), self._timeout)
+    def deliver_nowait(self, frames: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """The fan-out's fast path: write ``frames`` now if the socket takes them.
+
+        Called by the publisher while this client has nothing queued. Returns
+        what is left to write (the whole batch, or the unwritten tail of it as a
+        :class:`_Tail`), which the fan-out queues for :meth:`send_frames`.
+        Never raises: a closed connection is the client task's to notice.
+        """
+        data = b"".join(frames)
+        try:
+            written = self._frames.write_nowait(data)
+        except ConnectionClosed:
+            return frames
+        if written == 0:
+            return frames
         self.sent += len(frames)
+        return () if written == len(data) else (_Tail(data[written:]),)
+
+    async def send_frames(self, frames: list[bytes]) -> None:
+        """Send queued broadcast frames, already encoded, with a single write."""
+        data = b"".join(frames)
+        await self._write(data)
+        self.sent += sum(1 for frame in frames if not isinstance(frame, _Tail))
+
+    async def _write(self, data: bytes) -> None:
+        # The socket usually takes it all at once; only a remainder needs the
+        # shielded, bounded path, entered without yielding so that it follows
+        # on the wire.
+        written = self._frames.write_nowait(data)
+        if written < len(data):
+            rest = memoryview(data)[written:]
+            await self._shielded(partial(self._frames.write, rest), self._timeout)
 
     async def ping(self, seconds: float) -> None:
         """Ping and wait for the pong, at most ``seconds``."""
@@ -203,25 +247,41 @@ async def _race(
     return ending
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """How a client's connection went."""
+
+    ending: Ending
+    sent: int
+    """Messages written to it: broadcast lines and echoes."""
+    dropped: int
+    """Broadcast messages it missed under ``--on-full drop``."""
+
+
 async def serve_client(
     ws: WebSocketConnection,
-    subscription: Subscription[bytes],
+    hub: Fanout[bytes],
     config: Config,
     *,
     stop: trio.CancelScope,
-    abort: Callable[[], Awaitable[None]],
-) -> Ending:
-    """Serve one accepted connection until it ends; close it; say why.
+    transport: trio.abc.Stream,
+) -> Report:
+    """Subscribe one accepted connection to ``hub`` and serve it until it ends.
+
+    Then close it, and report why.
 
     ``stop`` is the scope the server cancels to shut this client down: the race
     runs inside it, and the close that follows runs outside it, so a shutdown
-    still gets its 1001 close frame out. ``abort`` drops the TCP connection.
+    still gets its 1001 close frame out. ``transport`` is the connection's own
+    stream: broadcast frames may be written to it directly, and it is closed
+    at once when the connection must be dropped rather than closed.
     Closing takes at most ``config.close_timeout`` seconds in all.
     """
-    sender = _Sender(ws, config.send_timeout)
+    sender = _Sender(ws, transport, config.send_timeout)
     ending = GOING_AWAY
+    subscription = hub.subscribe(deliver=sender.deliver_nowait)
     try:
-        with stop:
+        with stop, subscription:
             ending = await _race(ws, subscription, sender, config)
     except Exception:
         ending = INTERNAL_ERROR
@@ -232,5 +292,5 @@ async def serve_client(
             if not dropping:
                 await ws.aclose(ending.code, ending.reason)
         if dropping or closing.cancelled_caught:
-            await abort()
-    return ending
+            await trio.aclose_forcefully(transport)
+    return Report(ending, sender.sent, subscription.dropped)

@@ -20,6 +20,13 @@ What a subscriber can rely on:
   that fell behind catches up with one write;
 * after :meth:`Fanout.close`, it still receives what was queued, then
   :class:`trio.EndOfChannel`;
+* a subscriber may offer a ``deliver`` function (see :meth:`Fanout.subscribe`):
+  while it has nothing queued and nothing in hand, :meth:`Fanout.publish` calls
+  it with the batch instead of queueing it, and queues only what it could not
+  deliver. For a WebSocket client that is a non-blocking write of the frames,
+  made by the publisher without waking the client's task: when every client
+  keeps up, a broadcast costs one system call per client and no task switch.
+  The queue, and the task, take over as soon as a client falls behind;
 * under :attr:`OnFull.DISCONNECT` an overflowing subscriber is cut off at once:
   :meth:`~Subscription.cut_off` returns and its next
   :meth:`~Subscription.receive` raises :class:`Overflow`; under
@@ -30,7 +37,7 @@ What a subscriber can rely on:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Generic, TypeVar
 
@@ -39,6 +46,9 @@ import trio
 from .config import OnFull
 
 T = TypeVar("T")
+
+Deliver = Callable[[tuple[T, ...]], tuple[T, ...]]
+"""Try to deliver a batch at once, without waiting; return what is left (``()``: all)."""
 
 
 class Overflow(Exception):
@@ -54,11 +64,16 @@ class Subscription(Generic[T]):
         send: trio.MemorySendChannel[tuple[T, ...]],
         receive: trio.MemoryReceiveChannel[tuple[T, ...]],
         backlog: list[T],
+        deliver: Deliver[T] | None,
     ) -> None:
         self._fanout = fanout
         self._send = send
         self._receive = receive
         self._backlog = backlog
+        self._deliver = deliver
+        # True while everything handed to the consumer has been dealt with: only
+        # then may publish() deliver directly without overtaking older messages.
+        self._clear = not backlog
         self.dropped = 0
         """Messages skipped for this subscriber under :attr:`OnFull.DROP`."""
         self._cut_off = trio.Event()
@@ -86,6 +101,8 @@ class Subscription(Generic[T]):
             messages, self._backlog = self._backlog, []
             await trio.lowlevel.checkpoint()
         else:
+            # Calling receive() again means the last batch has been dealt with.
+            self._clear = self._receive.statistics().current_buffer_used == 0
             try:
                 messages = list(await self._receive.receive())
             except trio.ClosedResourceError:
@@ -167,13 +184,17 @@ class Fanout(Generic[T]):
         """Whether :meth:`close` was called: the feed has ended."""
         return self._closed
 
-    def subscribe(self) -> Subscription[T]:
+    def subscribe(self, deliver: Deliver[T] | None = None) -> Subscription[T]:
         """Join the feed: the history first, then every batch published from now on.
 
-        Use it as a context manager so that leaving unsubscribes.
+        ``deliver``, if given, is tried before the queue whenever this
+        subscriber is idle: it must not block, must not raise, and returns the
+        messages it could not deliver, which are queued ahead of anything
+        newer. Use the subscription as a context manager so that leaving
+        unsubscribes.
         """
         send, receive = trio.open_memory_channel[tuple[T, ...]](self.queue_size)
-        subscription = Subscription(self, send, receive, list(self._history))
+        subscription = Subscription(self, send, receive, list(self._history), deliver)
         if self._closed:
             send.close()
         else:
@@ -196,8 +217,14 @@ class Fanout(Generic[T]):
         self._history.extend(batch)
         # Iterate over a copy: cutting a subscriber off removes it from the dict.
         for subscription in list(self._subscribers):
+            item = batch
+            if subscription._clear and subscription._deliver is not None:
+                item = subscription._deliver(batch)
+                if not item:
+                    continue
             try:
-                subscription._send.send_nowait(batch)
+                subscription._send.send_nowait(item)
+                subscription._clear = False
             except trio.WouldBlock:
                 if self.on_full is OnFull.DROP:
                     subscription.dropped += len(batch)

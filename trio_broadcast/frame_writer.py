@@ -5,7 +5,15 @@ wsproto and writes it with one ``send_all``. For fan-out that is the cost that
 matters: every line would be encoded again for every client, and a client that
 fell behind by 500 lines would need 500 writes. :class:`FrameWriter` instead
 writes bytes that :mod:`trio_broadcast.frames` encoded once, as many frames as
-are queued in one ``send_all``.
+are queued in one write.
+
+On a plain TCP connection, :meth:`FrameWriter.write_nowait` goes one step
+further: when nothing else is writing to the connection, it hands the bytes to
+the kernel with one non-blocking ``os.write`` and no trip through the
+scheduler. ``trio.SocketStream.send_all`` would yield after a successful send
+(a Trio checkpoint), which costs a task switch per delivery; with thousands of
+clients that switch, not the system call, is the price of a broadcast. Only
+what the socket does not take at once goes through :meth:`FrameWriter.write`.
 
 To stay correct it does what ``WebSocketConnection._send`` does: it refuses to
 write once the connection is closing, holds the connection's stream lock (so
@@ -23,6 +31,8 @@ range in ``pyproject.toml`` (``trio-websocket>=0.12,<0.13``).
 """
 
 from __future__ import annotations
+
+import os
 
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
@@ -58,23 +68,56 @@ def check_compatible(ws: WebSocketConnection) -> None:
 
 
 class FrameWriter:
-    """Write pre-encoded server frames to one accepted WebSocket connection."""
+    """Write pre-encoded server frames to one accepted WebSocket connection.
 
-    def __init__(self, ws: WebSocketConnection) -> None:
+    ``transport`` is the connection's own stream: when it is a plain
+    :class:`trio.SocketStream`, :meth:`write_nowait` may write to its socket
+    directly.
+    """
+
+    def __init__(self, ws: WebSocketConnection, transport: trio.abc.Stream) -> None:
         check_compatible(ws)
         self._ws = ws
+        self._fd = transport.socket.fileno() if isinstance(transport, trio.SocketStream) else -1
 
-    async def write(self, frames: bytes) -> None:
-        """Write ``frames`` (whole frames, concatenated) with one ``send_all``.
+    def _check_open(self) -> None:
+        if self._ws._close_reason is not None:
+            raise ConnectionClosed(self._ws._close_reason)
 
-        Raises ``ConnectionClosed`` if the connection is closing or broken, like
+    def _broken(self) -> ConnectionClosed:
+        return ConnectionClosed(self._ws._close_reason or CloseReason(1006, None))
+
+    def write_nowait(self, frames: bytes) -> int:
+        """Write what the socket takes of ``frames`` now, without yielding.
+
+        Returns the number of bytes written: 0 when another task is writing
+        (trio-websocket's reader sending a pong, say), when the transport is
+        not a plain socket, or when the socket buffer is full. The caller must
+        pass the rest to :meth:`write` before yielding, so that no other
+        writer can slip in mid-frame. Raises ``ConnectionClosed`` like
+        :meth:`write`.
+        """
+        self._check_open()
+        if self._fd < 0 or self._ws._stream_lock.locked():
+            return 0
+        try:
+            return os.write(self._fd, frames)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            raise self._broken() from None
+
+    async def write(self, frames: bytes | memoryview) -> None:
+        """Write ``frames`` (whole frames, or the rest of them) under the stream lock.
+
+        Acquiring a free lock does not yield, so a caller continuing a partial
+        :meth:`write_nowait` keeps its bytes contiguous on the wire. Raises
+        ``ConnectionClosed`` if the connection is closing or broken, like
         ``send_message()`` does.
         """
-        ws = self._ws
-        if ws._close_reason is not None:
-            raise ConnectionClosed(ws._close_reason)
-        async with ws._stream_lock:
+        self._check_open()
+        async with self._ws._stream_lock:
             try:
-                await ws._stream.send_all(frames)
+                await self._ws._stream.send_all(frames)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ConnectionClosed(ws._close_reason or CloseReason(1006, None)) from None
+                raise self._broken() from None

@@ -27,7 +27,6 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 
 import trio
 from trio_websocket import (
@@ -37,7 +36,7 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
-from .client import GOING_AWAY, Ending, serve_client
+from .client import GOING_AWAY, Report, serve_client
 from .config import Config
 from .fanout import Fanout
 from .frames import encode_lines
@@ -251,27 +250,20 @@ class Server:
     ) -> None:
         log.info("client %s connected (%d clients)", peer, self._clients)
         started = trio.current_time()
-        ending: Ending = GOING_AWAY
-        with self.hub.subscribe() as subscription:
-            try:
-                stop = trio.CancelScope()
-                with self._stopped_by_shutdown(stop):
-                    ending = await serve_client(
-                        ws,
-                        subscription,
-                        self.config,
-                        stop=stop,
-                        abort=partial(trio.aclose_forcefully, stream),
-                    )
-            finally:
-                dropped = f", {subscription.dropped} dropped" if subscription.dropped else ""
-                log.info(
-                    "client %s %s after %.1f s%s",
-                    peer,
-                    ending,
-                    trio.current_time() - started,
-                    dropped,
-                )
+        report = Report(GOING_AWAY, 0, 0)  # what a hard stop leaves us to say
+        try:
+            stop = trio.CancelScope()
+            with self._stopped_by_shutdown(stop):
+                report = await serve_client(ws, self.hub, self.config, stop=stop, transport=stream)
+        finally:
+            log.info(
+                "client %s %s after %.1f s, %d messages sent%s",
+                peer,
+                report.ending,
+                trio.current_time() - started,
+                report.sent,
+                f", {report.dropped} dropped" if report.dropped else "",
+            )
 
 
 async def serve(
