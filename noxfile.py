@@ -1,4 +1,4 @@
-"""Developer sessions. ``python3 -m nox`` runs lint, typecheck and tests.
+"""Developer sessions. ``python3 -m nox`` runs lint, typecheck, tests and browser.
 
 Each session installs the package from this checkout into its own virtualenv,
 so the tests exercise the installed ``trio-broadcast`` command, as a user gets it.
@@ -6,9 +6,13 @@ so the tests exercise the installed ``trio-broadcast`` command, as a user gets i
 
 from __future__ import annotations
 
-import nox
+import os
+import shutil
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+import nox
+from nox.command import CommandFailed
+
+nox.options.sessions = ["lint", "typecheck", "tests", "browser", "redis"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
@@ -19,10 +23,14 @@ TEST_DEPS = [
     "hypothesis>=6.100",
     "websockets>=15",
     "trustme>=1.1",
+    "httpx>=0.27",
 ]
 LINT_DEPS = ["ruff>=0.8"]
 TYPE_DEPS = ["mypy>=1.13", *TEST_DEPS, "nox"]
 COVERAGE_FLOOR = 95
+# Debian's build: Playwright's own browser download cannot run here.
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_DEPS = ["playwright>=1.40"]
 
 
 @nox.session(python=PYTHON)
@@ -34,8 +42,56 @@ def tests(session: nox.Session) -> None:
         "--cov",
         "--cov-report=term-missing:skip-covered",
         f"--cov-fail-under={COVERAGE_FLOOR}",
+        "--ignore=tests/browser",
+        "--ignore=tests/redis",
         *session.posargs,
     )
+
+
+@nox.session(python=PYTHON)
+def browser(session: nox.Session) -> None:
+    """The live page in headless Chromium, driven by Playwright; saves docs/page.png."""
+    if not os.path.exists(CHROMIUM):
+        _install_chromium(session)
+    session.install(".", *TEST_DEPS, *BROWSER_DEPS)
+    session.run("pytest", "-m", "browser", "tests/browser", *session.posargs)
+
+
+def _install_chromium(session: nox.Session) -> None:
+    how = f"install Debian's chromium package so that {CHROMIUM} exists (apt-get install chromium)"
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        session.error(f"{CHROMIUM} is missing and apt-get cannot run here as root: {how}")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        session.run("apt-get", "update", external=True, env=env)
+        session.run("apt-get", "install", "-y", "chromium", external=True, env=env)
+    except CommandFailed:
+        session.error(f"apt-get could not install chromium: {how}")
+    if not os.path.exists(CHROMIUM):
+        session.error(f"apt-get installed chromium but {CHROMIUM} is still missing: {how}")
+
+
+@nox.session(python=PYTHON)
+def redis(session: nox.Session) -> None:
+    """Several instances sharing one feed through a real redis-server (installed if missing)."""
+    if shutil.which("redis-server") is None:
+        _install_redis_server(session)
+    session.install(".[redis]", *TEST_DEPS)
+    session.run("pytest", "tests/redis", *session.posargs)
+
+
+def _install_redis_server(session: nox.Session) -> None:
+    how = "install Debian's redis-server package (apt-get install redis-server)"
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        session.error(f"redis-server is missing and apt-get cannot run here as root: {how}")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        session.run("apt-get", "update", external=True, env=env)
+        session.run("apt-get", "install", "-y", "redis-server", external=True, env=env)
+    except CommandFailed:
+        session.error(f"apt-get could not install redis-server: {how}")
+    if shutil.which("redis-server") is None:
+        session.error(f"apt-get ran but redis-server is still not on PATH: {how}")
 
 
 @nox.session(python=PYTHON)
@@ -49,5 +105,6 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package, the tests and this file."""
-    session.install(".", *TYPE_DEPS)
+    # With the redis extra, so that coredis's own types are checked against.
+    session.install(".[redis]", *TYPE_DEPS)
     session.run("mypy", "--strict", "trio_broadcast", "tests", "noxfile.py")

@@ -124,6 +124,16 @@ def test_config_default_tls_off_and_frozen() -> None:
         ("host", "", ValueError),
         ("on_full", "drop", TypeError),
         ("on_full", None, TypeError),
+        ("redis_url", "http://localhost", ValueError),
+        ("redis_url", "redis://", ValueError),
+        ("redis_url", "redis://host:port/0", ValueError),
+        ("redis_url", "redis://host/db0", ValueError),
+        ("redis_url", "unix://", ValueError),
+        ("redis_url", 6379, TypeError),
+        ("channel", "", ValueError),
+        ("channel", "two words", ValueError),
+        ("redis_maxlen", 0, ValueError),
+        ("redis_buffer", 0, ValueError),
     ],
 )
 def test_config_rejects_bad_value_naming_it(
@@ -225,6 +235,11 @@ def test_no_options_give_the_documented_defaults() -> None:
         ),
         (["--host=10.0.0.1"], {"host": "10.0.0.1"}),
         (["--port=1234"], {"port": 1234}),
+        (["--redis", "redis://localhost:6379/0"], {"redis_url": "redis://localhost:6379/0"}),
+        (["--redis", "unix:///run/redis.sock"], {"redis_url": "unix:///run/redis.sock"}),
+        (["--channel", "news"], {"channel": "news"}),
+        (["--redis-maxlen", "10"], {"redis_maxlen": 10}),
+        (["--no-stdin"], {}),
     ],
 )
 def test_option_maps_to_config_field(argv: list[str], changes: dict[str, Any]) -> None:
@@ -311,6 +326,14 @@ def test_every_option_is_covered() -> None:
         "--no-echo",
         "--exit-on-eof",
         "--log-level",
+        "--allowed-origin",
+        "--require-origin",
+        "--token-file",
+        "--no-page",
+        "--redis",
+        "--channel",
+        "--redis-maxlen",
+        "--no-stdin",
     }
 
 

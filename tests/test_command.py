@@ -967,7 +967,7 @@ async def test_invalid_utf8_from_a_client_gets_close_1007() -> None:
             await stop(process)
 
 
-async def test_plain_http_request_gets_426() -> None:
+async def test_plain_http_request_gets_the_page() -> None:
     with trio.fail_after(10):
         async with running_command() as process:
             async with ws(process.url) as bystander:
@@ -977,8 +977,9 @@ async def test_plain_http_request_gets_426() -> None:
                     answer = await http.read_to_end()
                 finally:
                     await http.aclose()
-                assert answer.startswith(b"HTTP/1.1 426 "), answer
-                assert b"\r\nUpgrade: websocket\r\n" in answer
+                assert answer.startswith(b"HTTP/1.1 200 "), answer
+                assert b"\r\nContent-Type: text/html; charset=utf-8\r\n" in answer
+                assert answer.rstrip().endswith(b"</html>")
                 await echoes(bystander, "unaffected")
                 async with ws(process.url) as newcomer:
                     await echoes(newcomer, "still accepting")

@@ -13,17 +13,19 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import trio
 
-from . import __version__
+from . import __version__, redis_stream
 from .config import Config, OnFull
-from .server import Server, StartupError, run
+from .counters import Counters
+from .server import LineSource, Server, StartupError, run
 from .stdin import read_lines
 
 PROG = "trio-broadcast"
+TOKEN_VARIABLE = "TRIO_BROADCAST_TOKEN"
 
 
 def _count(lowest: int) -> Callable[[str], int]:
@@ -135,6 +137,46 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keyfile", help="TLS private key (PEM) for --certfile")
     add("--no-echo", action="store_true", help="do not echo client messages back")
     add(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="accept WebSocket handshakes from this browser origin (repeatable; "
+        "the server's own origin is then allowed too; default: any origin)",
+    )
+    add(
+        "--require-origin",
+        action="store_true",
+        help="refuse handshakes without an Origin header (non-browser clients)",
+    )
+    add(
+        "--token-file",
+        metavar="PATH",
+        help=f"require the token in this file for handshakes, the page and /metrics "
+        f"(default: ${TOKEN_VARIABLE} if set)",
+    )
+    add("--no-page", action="store_true", help="do not serve the live page at /")
+    add(
+        "--redis",
+        metavar="URL",
+        help="share the feed with every instance using this Redis server, "
+        "e.g. redis://localhost:6379/0 (needs trio-broadcast[redis])",
+    )
+    add(
+        "--channel",
+        default=defaults.channel,
+        metavar="NAME",
+        help="the feed's name in Redis (default: %(default)s)",
+    )
+    add(
+        "--redis-maxlen",
+        type=_count(1),
+        default=defaults.redis_maxlen,
+        metavar="N",
+        help="lines the Redis stream keeps, about (default: %(default)s)",
+    )
+    add("--no-stdin", action="store_true", help="do not read standard input (serve only)")
+    add(
         "--exit-on-eof",
         action="store_true",
         help="at the end of input, deliver what was read, close every client, exit",
@@ -170,9 +212,41 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             keyfile=args.keyfile,
             echo=not args.no_echo,
             exit_on_eof=args.exit_on_eof,
+            allowed_origins=tuple(args.allowed_origin),
+            require_origin=args.require_origin,
+            token=read_token(args.token_file, os.environ),
+            page=not args.no_page,
+            redis_url=args.redis,
+            channel=args.channel,
+            redis_maxlen=args.redis_maxlen,
         )
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
+
+
+def read_token(path: str | None, environ: Mapping[str, str]) -> str | None:
+    """The access token: from the file at ``path`` if given, else from the environment.
+
+    Surrounding whitespace (the file's trailing newline) is stripped. An empty
+    token raises :class:`StartupError`: it would otherwise look like protection
+    while letting nobody in, or (worse, if taken as "no token") everybody.
+    """
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as file:
+                token = file.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise StartupError(f"cannot read the token file {path!r}: {why}") from None
+        if not token:
+            raise StartupError(f"the token file {path!r} is empty")
+        return token
+    if TOKEN_VARIABLE not in environ:
+        return None
+    token = environ[TOKEN_VARIABLE].strip()
+    if not token:
+        raise StartupError(f"{TOKEN_VARIABLE} is set but empty")
+    return token
 
 
 def _announce(server: Server) -> None:
@@ -195,20 +269,50 @@ def _hold_stdin_slot() -> None:
             os.close(fd)
 
 
+async def _run(config: Config, stdin: LineSource | None, counters: Counters) -> None:
+    """:func:`run`, fed by standard input, or through Redis with ``--redis``."""
+    if config.redis_url is None:
+        await run(config, stdin, _announce, counters)
+        return
+    async with redis_stream.connect(
+        config.redis_url, channel=config.channel, maxlen=config.redis_maxlen
+    ) as stream:
+        source = redis_stream.stream_source(
+            stream,
+            stdin,
+            history=config.history,
+            buffer=config.redis_buffer,
+            exit_on_eof=config.exit_on_eof,
+        )
+        await run(config, source, _announce, counters)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    config = config_from_args(parser, args)
+    try:
+        config = config_from_args(parser, args)
+    except StartupError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"{PROG}: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
     _hold_stdin_slot()
-    source = partial(read_lines, max_line_size=config.max_line_size)
+    counters = Counters()
+    # coredis logs each lost connection with a traceback; the reader and the
+    # publisher report those themselves, once per change of state.
+    logging.getLogger("coredis").setLevel(
+        logging.DEBUG if args.log_level == "debug" else logging.CRITICAL
+    )
+    stdin: LineSource | None = None
+    if not args.no_stdin:
+        stdin = partial(read_lines, max_line_size=config.max_line_size, counters=counters)
     failure: str | None = None
     try:
-        trio.run(run, config, source, _announce)
+        trio.run(_run, config, stdin, counters)
     except* StartupError as group:
         failure = str(group.exceptions[0])
     if failure is not None:

@@ -36,6 +36,7 @@ import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from .config import Config
+from .counters import Counters
 from .fanout import Fanout, Overflow, Subscription
 from .frame_writer import FrameWriter
 from .frames import message_frame
@@ -100,8 +101,10 @@ class _Sender:
         ws: WebSocketConnection,
         transport: trio.abc.Stream,
         timeout: float,
+        counters: Counters,
     ) -> None:
         self._ws = ws
+        self._counters = counters
         self._frames = FrameWriter(ws, transport)
         self._timeout = timeout
         self._in_flight: set[trio.CancelScope] = set()
@@ -115,6 +118,7 @@ class _Sender:
         """Send one message (an echo), keeping its type."""
         await self._write(message_frame(message))
         self.sent += 1
+        self._counters.count_message(message)
 
     def deliver_nowait(self, frames: tuple[bytes, ...]) -> tuple[bytes, ...]:
         """The fan-out's fast path: write ``frames`` now if the socket takes them.
@@ -132,13 +136,17 @@ class _Sender:
         if written == 0:
             return frames
         self.sent += len(frames)
+        self._counters.count_frames(len(frames), len(data))
         return () if written == len(data) else (_Tail(data[written:]),)
 
     async def send_frames(self, frames: list[bytes]) -> None:
         """Send queued broadcast frames, already encoded, with a single write."""
         data = b"".join(frames)
         await self._write(data)
-        self.sent += sum(1 for frame in frames if not isinstance(frame, _Tail))
+        tails = [frame for frame in frames if isinstance(frame, _Tail)]
+        messages = len(frames) - len(tails)
+        self.sent += messages
+        self._counters.count_frames(messages, len(data) - sum(map(len, tails)))
 
     async def _write(self, data: bytes) -> None:
         # The socket usually takes it all at once; only a remainder needs the
@@ -265,6 +273,7 @@ async def serve_client(
     *,
     stop: trio.CancelScope,
     transport: trio.abc.Stream,
+    counters: Counters | None = None,
 ) -> Report:
     """Subscribe one accepted connection to ``hub`` and serve it until it ends.
 
@@ -275,9 +284,10 @@ async def serve_client(
     still gets its 1001 close frame out. ``transport`` is the connection's own
     stream: broadcast frames may be written to it directly, and it is closed
     at once when the connection must be dropped rather than closed.
-    Closing takes at most ``config.close_timeout`` seconds in all.
+    Closing takes at most ``config.close_timeout`` seconds in all. Messages
+    written are counted in ``counters``.
     """
-    sender = _Sender(ws, transport, config.send_timeout)
+    sender = _Sender(ws, transport, config.send_timeout, counters or Counters())
     ending = GOING_AWAY
     subscription = hub.subscribe(deliver=sender.deliver_nowait)
     try:

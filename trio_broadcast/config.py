@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 MiB = 1024 * 1024
 
@@ -65,6 +67,25 @@ class Config:
     handshake the other half; past it the TCP connection is dropped."""
     max_request_head: int = 16 * 1024
     """Largest HTTP request head (request line and headers) accepted."""
+    redis_url: str | None = None
+    """Share the feed through this Redis server (``redis://``, ``rediss://`` or
+    ``unix://``); ``None``: this instance stands alone. See :mod:`trio_broadcast.redis_stream`."""
+    channel: str = "trio-broadcast"
+    """Name of the feed in Redis; instances with the same channel share their lines."""
+    redis_maxlen: int = 100_000
+    """Lines the Redis stream keeps (approximately, ``MAXLEN ~``); a reader that falls
+    further behind than this skips the oldest, and says so."""
+    redis_buffer: int = 256
+    """Batches of input held while Redis is unreachable; beyond it, input is not read."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins (``scheme://host[:port]``) allowed to open a WebSocket; empty: any.
+    When not empty, the server's own origin is allowed too."""
+    require_origin: bool = False
+    """Refuse handshakes without an Origin header (that is, from non-browser clients)."""
+    token: str | None = field(default=None, repr=False)
+    """Secret that handshakes, the page and ``/metrics`` must present; never logged."""
+    page: bool = True
+    """Serve the live page at ``/``."""
 
     def __post_init__(self) -> None:
         _at_least("port", self.port, 0)
@@ -86,6 +107,16 @@ class Config:
             raise ValueError("certfile and keyfile must be given together")
         if not isinstance(self.on_full, OnFull):
             raise TypeError(f"on_full must be an OnFull, not {self.on_full!r}")
+        if self.redis_url is not None:
+            _redis_url(self.redis_url)
+        if not self.channel or not self.channel.isprintable() or " " in self.channel:
+            raise ValueError(f"channel must be printable, without spaces, not {self.channel!r}")
+        _at_least("redis_maxlen", self.redis_maxlen, 1)
+        _at_least("redis_buffer", self.redis_buffer, 1)
+        for origin in self.allowed_origins:
+            _origin(origin)
+        if self.token is not None and not _TOKEN.fullmatch(self.token):
+            raise ValueError("token must be 1 or more printable ASCII characters without spaces")
 
     @property
     def tls(self) -> bool:
@@ -98,6 +129,23 @@ def _at_least(name: str, value: int, lowest: int) -> None:
         raise TypeError(f"{name} must be an integer, not {value!r}")
     if value < lowest:
         raise ValueError(f"{name} must be at least {lowest}, not {value}")
+
+
+_TOKEN = re.compile(r"[!-~]+")
+
+
+def _origin(origin: str) -> None:
+    if not isinstance(origin, str):
+        raise TypeError(f"allowed origins must be strings, not {origin!r}")
+    parts = urlsplit(origin)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or origin != (f"{parts.scheme}://{parts.netloc}")
+    ):
+        raise ValueError(
+            f"allowed origin {origin!r} must look like https://example.com or http://host:port"
+        )
 
 
 def _number(name: str, value: float) -> None:
@@ -115,3 +163,28 @@ def _positive(name: str, value: float) -> None:
     _number(name, value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number above 0, not {value}")
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _redis_url(url: str) -> None:
+    """Check the shape of a Redis URL; whether the server answers is checked at start-up."""
+    if not isinstance(url, str):
+        raise TypeError(f"redis_url must be a string, not {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, not {url!r}")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"redis_url {url!r} names no socket path")
+        return
+    if not parts.hostname:
+        raise ValueError(f"redis_url {url!r} names no host")
+    try:
+        parts.port  # noqa: B018 - the property raises for a bad port
+    except ValueError:
+        raise ValueError(f"redis_url {url!r} has a bad port") from None
+    database = parts.path.strip("/")
+    if database and not (database.isascii() and database.isdigit()):
+        raise ValueError(f"redis_url {url!r}: the path must be a database number")

@@ -4,10 +4,10 @@ Every connection starts as HTTP/1.1. Before trio-websocket sees it, the server
 reads the request head itself with h11 (a real HTTP parser, with a size bound),
 so that:
 
-* a request that is not a WebSocket upgrade, or bytes that are not HTTP at all,
-  get an immediate HTTP error instead of waiting out a handshake timeout;
-* a refusal (too many clients) is a plain HTTP answer;
-* later, plain HTTP endpoints can share the port.
+* bytes that are not HTTP at all get an immediate HTTP error instead of waiting
+  out a handshake timeout;
+* a refusal (bad token or origin, too many clients) is a plain HTTP answer;
+* plain HTTP endpoints (:mod:`trio_broadcast.web`) share the port.
 
 An upgrade request is then handed to trio-websocket on a :class:`ReplayStream`,
 which returns the bytes already read before reading the socket again, so

@@ -6,8 +6,11 @@
   connection in the same nursery;
 * the line source (standard input, for the command), which publishes into the
   :class:`~trio_broadcast.fanout.Fanout`;
-* the connection tasks: each reads the request head, completes the WebSocket
-  handshake and hands over to :func:`~trio_broadcast.client.serve_client`.
+* the connection tasks: each reads the request head, then either answers a plain
+  HTTP request (:class:`~trio_broadcast.web.Site`: the page, ``/healthz``,
+  ``/metrics``) or checks the upgrade (:mod:`~trio_broadcast.access`), completes
+  the WebSocket handshake and hands over to
+  :func:`~trio_broadcast.client.serve_client`.
 
 Stopping is cancellation, in two flavours. :meth:`Server.shutdown` is the
 graceful one: it cancels the scopes that make up the server's *work* (accepting,
@@ -36,12 +39,22 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
+from . import metrics
+from .access import ACCEPTED, TOO_MANY_CLIENTS, Refusal, RefusalThrottle, check_handshake
 from .client import GOING_AWAY, Report, serve_client
 from .config import Config
+from .counters import Counters
 from .fanout import Fanout
 from .frames import encode_lines
-from .handshake import BadRequest, ReplayStream, http_response, read_request_head
+from .handshake import (
+    BadRequest,
+    ReplayStream,
+    RequestHead,
+    http_response,
+    read_request_head,
+)
 from .stdin import Publish
+from .web import Site
 
 log = logging.getLogger("trio_broadcast")
 
@@ -69,7 +82,9 @@ class StartupError(Exception):
 class Server:
     """A running server, as returned by ``await nursery.start(serve, config)``."""
 
-    def __init__(self, config: Config, urls: tuple[str, ...]) -> None:
+    def __init__(
+        self, config: Config, urls: tuple[str, ...], counters: Counters | None = None
+    ) -> None:
         self.config = config
         self.urls = urls
         """One ``ws://`` or ``wss://`` URL per listening socket."""
@@ -87,6 +102,12 @@ class Server:
         self._accepting = trio.CancelScope()
         self._drops_reported = 0
         self._drops_reported_at = -DROP_REPORT_INTERVAL
+        self.counters = counters or Counters()
+        """What ``/metrics`` reports, beside the fan-out's own counts."""
+        self.started_at = trio.current_time()
+        self._refusals = RefusalThrottle()
+        self._registry = metrics.registry_for(self)
+        self._site = Site(config, self._health, self._metrics)
 
     @property
     def port(self) -> int:
@@ -188,13 +209,42 @@ class Server:
             self._connections -= 1
             await trio.aclose_forcefully(stream)
 
-    def _refusal(self, head_problem: str | None) -> tuple[int, str] | None:
-        if head_problem is not None:
-            return 400, head_problem
+    def _health(self) -> dict[str, object]:
+        return {
+            "status": "ok",
+            "clients": self._clients,
+            "uptime_s": round(trio.current_time() - self.started_at, 3),
+            "stdin_open": self.input_open,
+        }
+
+    def _metrics(self) -> tuple[bytes, str]:
+        return metrics.exposition(self._registry), metrics.CONTENT_TYPE
+
+    def _refusal(self, head: RequestHead) -> Refusal | None:
+        refusal = check_handshake(head, self.config)
+        if refusal is not None:
+            return refusal
         limit = self.config.max_clients
         if limit is not None and self._clients >= limit:
-            return 503, f"too many clients (--max-clients {limit}), try again later"
+            return Refusal(
+                503,
+                TOO_MANY_CLIENTS,
+                f"too many clients (--max-clients {limit}), try again later",
+            )
         return None
+
+    async def _refuse(self, stream: trio.abc.Stream, peer: str, refusal: Refusal) -> None:
+        """Answer a refused handshake; log it, at most once a second per reason."""
+        self.counters.connections[refusal.reason] += 1
+        held_back = self._refusals.report(refusal.reason, trio.current_time())
+        if held_back is not None:
+            more = (
+                f" ({held_back} more refused for this since the last report)" if held_back else ""
+            )
+            log.info("refused %s: %s%s", peer, refusal.message, more)
+        await stream.send_all(
+            http_response(refusal.status, refusal.message + "\n", refusal.headers)
+        )
 
     async def _handshake_and_serve(self, stream: trio.abc.Stream, peer: str) -> None:
         config = self.config
@@ -211,18 +261,12 @@ class Server:
                 if head is None:
                     return
                 if not head.is_websocket:
-                    await stream.send_all(
-                        http_response(
-                            426,
-                            "This is a WebSocket server: connect with a WebSocket client.\n",
-                            (("Upgrade", "websocket"),),
-                        )
-                    )
+                    response = self._site.respond(head)
+                    await stream.send_all(response.encode(head_only=head.method == "HEAD"))
                     return
-                refusal = self._refusal(head.websocket_problem())
+                refusal = self._refusal(head)
                 if refusal is not None:
-                    log.info("refused %s: %s", peer, refusal[1])
-                    await stream.send_all(http_response(refusal[0], refusal[1] + "\n"))
+                    await self._refuse(stream, peer, refusal)
                     return
                 self._clients += 1
                 try:
@@ -232,6 +276,7 @@ class Server:
                         max_message_size=config.max_message_size,
                     )
                     ws = await request.accept()
+                    self.counters.connections[ACCEPTED] += 1
                 finally:
                     if ws is None:
                         self._clients -= 1
@@ -254,7 +299,14 @@ class Server:
         try:
             stop = trio.CancelScope()
             with self._stopped_by_shutdown(stop):
-                report = await serve_client(ws, self.hub, self.config, stop=stop, transport=stream)
+                report = await serve_client(
+                    ws,
+                    self.hub,
+                    self.config,
+                    stop=stop,
+                    transport=stream,
+                    counters=self.counters,
+                )
         finally:
             log.info(
                 "client %s %s after %.1f s, %d messages sent%s",
@@ -270,6 +322,7 @@ async def serve(
     config: Config,
     source: LineSource | None = None,
     *,
+    counters: Counters | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket clients until stopped; supports ``nursery.start``.
@@ -279,11 +332,13 @@ async def serve(
     returns the :class:`Server` once it is listening. :func:`serve` returns after
     :meth:`Server.shutdown`, or at the end of ``source`` when
     ``config.exit_on_eof`` is set. Raises :class:`StartupError` when it cannot
-    listen or load its certificate.
+    listen or load its certificate. ``counters`` lets a line source count into
+    the same numbers that ``/metrics`` reports (``read_lines`` counts long lines).
     """
     ssl_context = _ssl_context(config)
     listeners = await _open_listeners(config, ssl_context)
-    server = Server(config, tuple(_url(listener, config.tls) for listener in listeners))
+    urls = tuple(_url(listener, config.tls) for listener in listeners)
+    server = Server(config, urls, counters)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server._accept, listeners, nursery)
         if source is not None:
@@ -295,6 +350,7 @@ async def run(
     config: Config,
     source: LineSource | None,
     on_listening: Callable[[Server], None],
+    counters: Counters | None = None,
 ) -> None:
     """:func:`serve`, stopped gracefully by SIGINT or SIGTERM; a second one exits at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -303,7 +359,7 @@ async def run(
             async def serve_then_stop(
                 task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
             ) -> None:
-                await serve(config, source, task_status=task_status)
+                await serve(config, source, counters=counters, task_status=task_status)
                 nursery.cancel_scope.cancel()  # done: stop waiting for signals
 
             server: Server = await nursery.start(serve_then_stop)

@@ -29,6 +29,7 @@ from typing import Protocol
 
 import trio
 
+from .counters import Counters
 from .lines import LineSplitter, Split
 
 log = logging.getLogger("trio_broadcast")
@@ -100,11 +101,14 @@ def open_reader(fd: int) -> _Reader:
     return _ThreadReader(fd)
 
 
-async def read_lines(publish: Publish, *, max_line_size: int, fd: int = 0) -> None:
+async def read_lines(
+    publish: Publish, *, max_line_size: int, fd: int = 0, counters: Counters | None = None
+) -> None:
     """Publish the lines of ``fd`` batch by batch, until end of input.
 
-    A line longer than ``max_line_size`` bytes is skipped with one warning. A
-    read error (a terminal hung up, say) is logged and ends the input like EOF.
+    A line longer than ``max_line_size`` bytes is skipped with one warning and
+    counted in ``counters``. A read error (a terminal hung up, say) is logged
+    and ends the input like EOF.
     """
     splitter = LineSplitter(max_line_size)
     reader = open_reader(fd)
@@ -119,13 +123,17 @@ async def read_lines(publish: Publish, *, max_line_size: int, fd: int = 0) -> No
                 break
             if not chunk:
                 break
-            await _publish(publish, splitter.feed(chunk), max_line_size)
+            await _publish(publish, splitter.feed(chunk), max_line_size, counters)
     finally:
         reader.close()
-    await _publish(publish, splitter.end(), max_line_size)
+    await _publish(publish, splitter.end(), max_line_size, counters)
 
 
-async def _publish(publish: Publish, split: Split, max_line_size: int) -> None:
+async def _publish(
+    publish: Publish, split: Split, max_line_size: int, counters: Counters | None
+) -> None:
+    if counters is not None:
+        counters.lines_too_long += split.too_long
     for _ in range(split.too_long):
         log.warning("skipped a line of standard input longer than %d bytes", max_line_size)
     if split.lines:

@@ -1,0 +1,249 @@
+"""The Redis adapter: its pure parts alone, the rest against a real redis-server.
+
+* pure: entry IDs, a line and its entry, the backoff schedule, the cursor's
+  arithmetic for entries trimmed before they were read;
+* against the server: start-up errors, appending and reading, history,
+  resuming after ``CLIENT KILL`` without loss or duplicate, and the publisher
+  holding its input while Redis is away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from trio_broadcast import StartupError
+from trio_broadcast.redis_stream import (
+    ORIGIN,
+    Backoff,
+    Cursor,
+    EntryId,
+    Follower,
+    RedisStream,
+    connect,
+    decode_entry,
+    encode_line,
+    stream_key,
+)
+
+from .conftest import REDIS_SERVER, RedisServer
+
+coredis = pytest.importorskip("coredis", reason="the redis extra is not installed")
+
+
+# --- pure --------------------------------------------------------------------------------
+
+
+def test_entry_ids_parse_print_and_order_like_redis() -> None:
+    assert EntryId.parse(b"1700000000000-5") == EntryId(1700000000000, 5)
+    assert str(EntryId.parse("12-0")) == "12-0"
+    assert ORIGIN < EntryId(0, 1) < EntryId(1, 0) < EntryId(1, 10) < EntryId(2, 0)
+    for bad in ("", "12", "12-", "-1", "a-1", "1-2-3", "\u0661-1"):
+        with pytest.raises(ValueError, match="not a stream entry ID"):
+            EntryId.parse(bad)
+
+
+@pytest.mark.parametrize("line", ["hello", "", " spaced \r inside", "ünïcødé ✓", "\ufffd"])
+def test_a_line_survives_its_entry(line: str) -> None:
+    fields = encode_line(line)
+    assert decode_entry(dict(fields)) == line
+
+
+def test_entries_not_ours_are_recognised() -> None:
+    assert decode_entry({b"other": b"x"}) is None
+    assert decode_entry({"line": "as text"}) == "as text"
+    assert decode_entry({b"line": b"bad \xff utf-8"}) == "bad \ufffd utf-8"
+
+
+def test_backoff_grows_to_its_cap_with_jitter() -> None:
+    backoff = Backoff(first=0.1, cap=2.0, factor=2.0)
+    ceilings = [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
+    for attempt, ceiling in enumerate(ceilings):
+        assert backoff.delay(attempt, 0.0) == pytest.approx(ceiling / 2)
+        assert backoff.delay(attempt, 0.999) < ceiling
+        assert backoff.delay(attempt, 0.5) == pytest.approx(ceiling * 0.75)
+    assert backoff.delay(10_000, 0.999) < 2.0  # no overflow after a long outage
+    for bad in ({"first": 0.0}, {"first": 3.0, "cap": 2.0}, {"factor": 0.5}):
+        with pytest.raises(ValueError, match="bad backoff"):
+            Backoff(**bad)
+
+
+def test_cursor_counts_entries_trimmed_before_they_were_read() -> None:
+    cursor = Cursor(EntryId(5, 0), 10)  # delivered entries 1..10
+    gap = cursor.resync(entries_added=15, length=15)  # nothing trimmed
+    assert (gap.skipped, gap.reset, cursor.number) == (0, False, 10)
+    gap = cursor.resync(entries_added=30, length=25)  # 1..5 trimmed: all read already
+    assert (gap.skipped, gap.reset, cursor.number) == (0, False, 10)
+    gap = cursor.resync(entries_added=40, length=22)  # 1..18 trimmed: 11..18 never read
+    assert (gap.skipped, gap.reset, cursor.number) == (8, False, 18)
+    cursor.advance(EntryId(9, 0))
+    assert (cursor.last, cursor.number) == (EntryId(9, 0), 19)
+
+
+def test_cursor_notices_a_stream_that_started_again() -> None:
+    cursor = Cursor(EntryId(5, 0), 100)
+    gap = cursor.resync(entries_added=0, length=0)  # the key is gone
+    assert (gap.skipped, gap.reset, cursor.number) == (0, True, 0)
+    cursor = Cursor(EntryId(5, 0), 100)
+    gap = cursor.resync(entries_added=50, length=20)  # new, and already trimmed
+    assert (gap.skipped, gap.reset, cursor.number) == (30, True, 30)
+
+
+def test_the_stream_key_names_the_channel() -> None:
+    assert stream_key("news") == "trio-broadcast:news"
+
+
+# --- against redis-server -----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def channel(
+    server: RedisServer, name: str = "test", maxlen: int = 100_000, client: str | None = None
+) -> AsyncIterator[RedisStream]:
+    with trio.fail_after(10):
+        async with connect(server.url, channel=name, maxlen=maxlen, name=client) as stream:
+            yield stream
+
+
+async def startup_error(url: str, channel: str = "test") -> str:
+    """The one-line message of the StartupError that ``connect`` raises."""
+    messages: list[str] = []
+    with trio.fail_after(10):
+        try:
+            async with connect(url, channel=channel, maxlen=10):
+                pass
+        except* StartupError as group:
+            messages += [str(error) for error in group.exceptions]
+    assert len(messages) == 1, messages
+    return messages[0]
+
+
+async def test_refused_connection_is_one_clear_startup_error(redis_server: RedisServer) -> None:
+    url = redis_server.url
+    redis_server.stop()
+    message = await startup_error(url)
+    assert (
+        message
+        == f"cannot use Redis at {url}: connection refused (is redis-server running there?)"
+    )
+
+
+async def test_bad_url_is_a_startup_error() -> None:
+    message = await startup_error("redis://127.0.0.1:6379/0?db=notanumber")
+    assert message.startswith("bad Redis URL 'redis://127.0.0.1:6379/0?db=notanumber'")
+
+
+async def test_bad_credentials_are_a_startup_error_without_the_password(
+    tmp_path: Path,
+) -> None:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(REDIS_SERVER, tmp_path)
+    server.start("--requirepass", "right-secret")
+    try:
+        message = await startup_error(f"redis://:wrong-secret@127.0.0.1:{server.port}/0")
+    finally:
+        server.stop()
+    assert "refused the credentials" in message, message
+    assert "wrong-secret" not in message
+
+
+async def test_a_key_of_another_type_is_a_startup_error(redis_server: RedisServer) -> None:
+    async with coredis.Redis.from_url(redis_server.url) as admin:
+        await admin.set(stream_key("taken"), "x")
+    message = await startup_error(redis_server.url, channel="taken")
+    assert message.endswith("holds a string, not a stream"), message
+
+
+async def test_append_then_read_history_and_live(redis_server: RedisServer) -> None:
+    async with channel(redis_server) as stream:
+        cursor, history = await stream.latest(5)
+        assert (cursor, history) == (Cursor(), [])  # no stream yet
+        assert await stream.counters() == (0, 0)
+        first = await stream.append(["a", "", "c"])
+        last = await stream.append(["d", "e"])
+        assert first < last
+        cursor, history = await stream.latest(3)
+        assert history == ["c", "d", "e"]
+        assert (cursor.last, cursor.number) == (last, 5)
+        assert await stream.counters() == (5, 5)
+        everything = await stream.read(ORIGIN, count=100, block_ms=100)
+        assert [line for _, line in everything] == ["a", "", "c", "d", "e"]
+        assert everything[-1][0] == last
+        assert await stream.read(last, count=100, block_ms=50) == []  # blocked, then nothing
+
+
+async def test_maxlen_caps_the_stream(redis_server: RedisServer) -> None:
+    async with channel(redis_server, maxlen=10) as stream:
+        for start in range(0, 5000, 500):
+            await stream.append([str(n) for n in range(start, start + 500)])
+        added, length = await stream.counters()
+        assert added == 5000
+        assert length < 1000  # "~": trimmed by whole nodes, so about 10
+
+
+async def kill_clients_named(server: RedisServer, name: str) -> int:
+    async with coredis.Redis.from_url(server.url) as admin:
+        killed = 0
+        for client in await admin.client_list():
+            if client["name"] == name:
+                killed += int(await admin.client_kill(identifier=int(client["id"])))
+        return killed
+
+
+async def test_reader_resumes_after_client_kill_without_loss_or_duplicate(
+    redis_server: RedisServer,
+) -> None:
+    lines = [f"line {n}" for n in range(6000)]
+    received: list[str] = []
+    halfway, done = trio.Event(), trio.Event()
+
+    async def publish(batch: Sequence[str]) -> None:
+        received.extend(batch)
+        if len(received) >= 2000:
+            halfway.set()
+        if len(received) >= len(lines):
+            done.set()
+        await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(20):
+        async with (
+            channel(redis_server) as writer,
+            channel(redis_server, client="reader-under-test") as reading,
+            trio.open_nursery() as nursery,
+        ):
+            follower = Follower(reading, publish, history=0, count=100)
+            await nursery.start(follower.run)
+
+            async def write() -> None:
+                for start in range(0, len(lines), 200):
+                    await writer.append(lines[start : start + 200])
+                    await trio.lowlevel.checkpoint()
+
+            nursery.start_soon(write)
+            await halfway.wait()
+            assert await kill_clients_named(redis_server, "reader-under-test") >= 1
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    assert received == lines
+
+
+async def test_cursor_against_a_stream_trimmed_past_it(redis_server: RedisServer) -> None:
+    async with channel(redis_server) as stream:
+        await stream.append(["old"])
+        cursor, history = await stream.latest(1)
+        assert history == ["old"]
+        await stream.append([f"gone {n}" for n in range(50)])
+        async with coredis.Redis.from_url(redis_server.url) as admin:
+            # Exact trimming, as MAXLEN ~ does with whole nodes.
+            await admin.xtrim(
+                stream_key("test"), threshold=1, trim_strategy=coredis.PureToken.MAXLEN
+            )
+        gap = cursor.resync(*await stream.counters())
+        assert (gap.skipped, gap.reset) == (49, False)
+        entries = await stream.read(cursor.last, count=10, block_ms=10)
+        assert [line for _, line in entries] == ["gone 49"]

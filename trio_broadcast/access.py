@@ -1,0 +1,133 @@
+"""Who may connect: the token and Origin checks, and the throttle on refusal logs.
+
+Pure functions over a parsed request head, tested without sockets. The server
+asks :func:`check_handshake` about every WebSocket upgrade and
+:func:`token_presented_ok` about plain HTTP requests; it only writes the answer.
+
+* The token may come as ``Authorization: Bearer …`` or as a ``token`` query
+  parameter, because a browser cannot set headers on a WebSocket handshake: the
+  page passes on the token from its own URL. It is compared in constant time
+  (:func:`hmac.compare_digest`), so the time to refuse does not leak how much of
+  a guess was right.
+* The Origin check stops other web sites from opening a connection with a
+  visitor's browser. A client that sends no Origin is not a browser and is let
+  through unless ``require_origin`` says otherwise. When origins are listed, the
+  server's own origin is always allowed, so that its built-in page keeps working.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+from .config import Config
+from .handshake import RequestHead
+
+ACCEPTED = "accepted"
+BAD_REQUEST = "bad_request"
+UNAUTHORIZED = "unauthorized"
+FORBIDDEN_ORIGIN = "forbidden_origin"
+TOO_MANY_CLIENTS = "too_many_clients"
+RESULTS = (ACCEPTED, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN_ORIGIN, TOO_MANY_CLIENTS)
+"""Every way a WebSocket handshake ends: the ``result`` label of the connection metric."""
+
+REPORT_INTERVAL = 1.0
+"""Seconds between two log lines about refusals for the same reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A handshake turned down: the HTTP answer, and the reason for logs and metrics."""
+
+    status: int
+    reason: str
+    """One of :data:`RESULTS`, never the token."""
+    message: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def presented_token(head: RequestHead) -> str | None:
+    """The token the request carries: the Bearer credentials first, then ``?token=``."""
+    authorization = head.header("authorization")
+    if authorization is not None:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    values = parse_qs(urlsplit(head.target).query, keep_blank_values=True).get("token")
+    return values[0] if values else None
+
+
+def token_presented_ok(head: RequestHead, expected: str | None) -> bool:
+    """Whether the request may proceed: no token is configured, or it carries that token."""
+    if expected is None:
+        return True
+    presented = presented_token(head)
+    if presented is None:
+        return False
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def own_origin(head: RequestHead, tls: bool) -> str | None:
+    """The origin a page served by this server has: ``scheme://`` plus the Host header."""
+    host = head.header("host")
+    if not host:
+        return None
+    return f"{'https' if tls else 'http'}://{host.strip().lower()}"
+
+
+def origin_allowed(head: RequestHead, config: Config) -> bool:
+    """Whether the Origin header (or its absence) passes ``allowed_origins``/``require_origin``."""
+    origin = head.header("origin")
+    if origin is None:
+        return not config.require_origin
+    if not config.allowed_origins:
+        return True
+    origin = origin.strip().lower()
+    return origin == own_origin(head, config.tls) or origin in {
+        allowed.lower() for allowed in config.allowed_origins
+    }
+
+
+def check_handshake(head: RequestHead, config: Config) -> Refusal | None:
+    """Why a WebSocket upgrade must be refused (malformed, token, origin), or ``None``.
+
+    The number of clients is the server's to check: it is state, not the request.
+    """
+    problem = head.websocket_problem()
+    if problem is not None:
+        return Refusal(400, BAD_REQUEST, problem)
+    if not token_presented_ok(head, config.token):
+        return Refusal(
+            401,
+            UNAUTHORIZED,
+            "a valid token is required (Authorization: Bearer, or ?token=)",
+            (("WWW-Authenticate", 'Bearer realm="trio-broadcast"'),),
+        )
+    if not origin_allowed(head, config):
+        origin = head.header("origin")
+        why = "an Origin header is required" if origin is None else "origin not allowed"
+        return Refusal(403, FORBIDDEN_ORIGIN, why)
+    return None
+
+
+@dataclass(slots=True)
+class RefusalThrottle:
+    """At most one log line per reason and :data:`REPORT_INTERVAL`, counting the rest.
+
+    A client retrying in a loop (a page with a wrong token, a scanner) would
+    otherwise fill the log; the metrics still count every refusal.
+    """
+
+    interval: float = REPORT_INTERVAL
+    _last: dict[str, float] = field(default_factory=dict)
+    _suppressed: dict[str, int] = field(default_factory=dict)
+
+    def report(self, reason: str, now: float) -> int | None:
+        """Whether to log this refusal: ``None`` if not, else how many were held back."""
+        last = self._last.get(reason)
+        if last is not None and now - last < self.interval:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return None
+        self._last[reason] = now
+        return self._suppressed.pop(reason, 0)

@@ -1,0 +1,88 @@
+"""``/metrics``: the server's counters in the Prometheus text format.
+
+The exposition is produced by ``prometheus_client``, so that its escaping,
+``# HELP``/``# TYPE`` lines and ``_total`` suffixes are the library's, not ours.
+The numbers themselves stay plain integers on the objects that own them
+(:class:`~trio_broadcast.server.Server`, its
+:class:`~trio_broadcast.fanout.Fanout`, :class:`~trio_broadcast.counters.Counters`):
+a custom collector reads them at scrape time, so delivering a message never
+calls into the library. Each server has its own registry, never the global
+one, so two servers in one process (the tests, an embedding program) do not
+share or clash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .server import Server
+
+PREFIX = "trio_broadcast_"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class _ServerCollector(Collector):
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self._server
+        counters = server.counters
+        yield GaugeMetricFamily(
+            PREFIX + "clients", "Connected WebSocket clients.", value=server.clients
+        )
+        connections = CounterMetricFamily(
+            PREFIX + "connections",
+            "WebSocket handshakes, by result: accepted or the reason for refusing.",
+            labels=["result"],
+        )
+        for result, count in counters.connections.items():
+            connections.add_metric([result], count)
+        yield connections
+        for name, documentation, value in (
+            ("lines_read", "Lines read from the input and broadcast.", server.lines_read),
+            (
+                "messages_delivered",
+                "Messages written to clients, broadcast lines and echoes.",
+                counters.delivered,
+            ),
+            (
+                "messages_dropped",
+                "Messages skipped for clients that fell behind (--on-full drop).",
+                server.hub.dropped,
+            ),
+            (
+                "slow_disconnects",
+                "Clients cut off for falling behind (--on-full disconnect).",
+                server.hub.overflows,
+            ),
+            (
+                "bytes_sent",
+                "Bytes of message frames written to clients, headers included.",
+                counters.bytes_sent,
+            ),
+            (
+                "lines_too_long",
+                "Input lines skipped for being over --max-line-size.",
+                counters.lines_too_long,
+            ),
+        ):
+            yield CounterMetricFamily(PREFIX + name, documentation, value=value)
+
+
+def registry_for(server: Server) -> CollectorRegistry:
+    """A registry of its own holding the collector that reads ``server``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ServerCollector(server))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The current values, in the text format that :data:`CONTENT_TYPE` names."""
+    return generate_latest(registry)
