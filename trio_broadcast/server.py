@@ -247,41 +247,9 @@ class Server:
         )
 
     async def _handshake_and_serve(self, stream: trio.abc.Stream, peer: str) -> None:
-        config = self.config
-        ws: WebSocketConnection | None = None
         async with trio.open_nursery() as plumbing:  # trio-websocket's reader task
-            handshake = trio.move_on_after(config.handshake_timeout)
-            with self._stopped_by_shutdown(handshake), handshake:
-                try:
-                    head = await read_request_head(stream, config.max_request_head)
-                except BadRequest as exc:
-                    log.debug("bad request from %s: %s", peer, exc)
-                    await stream.send_all(http_response(exc.status, f"{exc}\n"))
-                    return
-                if head is None:
-                    return
-                if not head.is_websocket:
-                    response = self._site.respond(head)
-                    await stream.send_all(response.encode(head_only=head.method == "HEAD"))
-                    return
-                refusal = self._refusal(head)
-                if refusal is not None:
-                    await self._refuse(stream, peer, refusal)
-                    return
-                self._clients += 1
-                try:
-                    request = await wrap_server_stream(
-                        plumbing,
-                        ReplayStream(stream, head.raw),
-                        max_message_size=config.max_message_size,
-                    )
-                    ws = await request.accept()
-                    self.counters.connections[ACCEPTED] += 1
-                finally:
-                    if ws is None:
-                        self._clients -= 1
+            ws = await self._handshake(plumbing, stream, peer)
             if ws is None:
-                log.debug("handshake with %s did not complete in time", peer)
                 plumbing.cancel_scope.cancel()
                 return
             try:
@@ -289,6 +257,53 @@ class Server:
             finally:
                 self._clients -= 1
                 plumbing.cancel_scope.cancel()
+
+    async def _handshake(
+        self, plumbing: trio.Nursery, stream: trio.abc.Stream, peer: str
+    ) -> WebSocketConnection | None:
+        """Read the request head and answer it, within the handshake timeout.
+
+        Returns the accepted WebSocket connection (already counted in
+        :attr:`clients`), or ``None`` once a plain HTTP request or a refusal has
+        been answered, or the time ran out. A method of its own, so that the
+        request's objects are freed when it returns rather than kept for the
+        whole life of the connection.
+        """
+        config = self.config
+        ws: WebSocketConnection | None = None
+        handshake = trio.move_on_after(config.handshake_timeout)
+        with self._stopped_by_shutdown(handshake), handshake:
+            try:
+                head = await read_request_head(stream, config.max_request_head)
+            except BadRequest as exc:
+                log.debug("bad request from %s: %s", peer, exc)
+                await stream.send_all(http_response(exc.status, f"{exc}\n"))
+                return None
+            if head is None:
+                return None
+            if not head.is_websocket:
+                response = self._site.respond(head)
+                await stream.send_all(response.encode(head_only=head.method == "HEAD"))
+                return None
+            refusal = self._refusal(head)
+            if refusal is not None:
+                await self._refuse(stream, peer, refusal)
+                return None
+            self._clients += 1
+            try:
+                request = await wrap_server_stream(
+                    plumbing,
+                    ReplayStream(stream, head.raw),
+                    max_message_size=config.max_message_size,
+                )
+                ws = await request.accept()
+                self.counters.connections[ACCEPTED] += 1
+            finally:
+                if ws is None:
+                    self._clients -= 1
+        if ws is None:
+            log.debug("handshake with %s did not complete in time", peer)
+        return ws
 
     async def _serve_accepted(
         self, ws: WebSocketConnection, stream: trio.abc.Stream, peer: str
