@@ -1,4 +1,5 @@
-"""Developer sessions. ``python3 -m nox`` runs lint, typecheck, tests and browser.
+"""Developer sessions. ``python3 -m nox`` runs lint, typecheck, tests, browser, redis
+and a smoke run of the benchmark (``bench_quick``); ``nox -s bench`` is the full one.
 
 Each session installs the package from this checkout into its own virtualenv,
 so the tests exercise the installed ``trio-broadcast`` command, as a user gets it.
@@ -12,7 +13,7 @@ import shutil
 import nox
 from nox.command import CommandFailed
 
-nox.options.sessions = ["lint", "typecheck", "tests", "browser", "redis"]
+nox.options.sessions = ["lint", "typecheck", "tests", "browser", "redis", "bench_quick"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
@@ -108,3 +109,28 @@ def typecheck(session: nox.Session) -> None:
     # With the redis extra, so that coredis's own types are checked against.
     session.install(".[redis]", *TYPE_DEPS)
     session.run("mypy", "--strict", "trio_broadcast", "tests", "noxfile.py")
+
+
+BENCH_DEPS = ["websockets>=15", "trio>=0.25"]
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The full side-by-side benchmark (about 5-9 minutes); prints the table, saves JSON.
+
+    Then ``python bench/report.py --readme`` puts the new table into README.md.
+    """
+    _run_bench(session)
+
+
+@nox.session(python=PYTHON)
+def bench_quick(session: nox.Session) -> None:
+    """A couple of minutes of every scenario: checks that the benchmark runs, not figures."""
+    _run_bench(session, "--quick")
+
+
+def _run_bench(session: nox.Session, *args: str) -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        session.error("the benchmark's load generator needs Node.js and npm on PATH")
+    session.install(".", *BENCH_DEPS)
+    session.run("python", "bench/run.py", *args, *session.posargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -45,3 +46,14 @@ def test_every_option_is_in_the_readme_table() -> None:
     }
     for option in options:
         assert f"`{option}" in README, option
+
+
+def test_the_performance_table_is_generated_from_the_latest_results() -> None:
+    root = Path(__file__).parent.parent
+    sys.path.insert(0, str(root / "bench"))
+    try:
+        import report  # type: ignore[import-not-found]  # noqa: PLC0415
+    finally:
+        sys.path.remove(str(root / "bench"))
+    rendered = report.render(json.loads((root / "bench/results/latest.json").read_text()))
+    assert report.with_table(README, rendered) == README
