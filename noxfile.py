@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 
 import nox
 from nox.command import CommandFailed
@@ -59,17 +60,24 @@ def browser(session: nox.Session) -> None:
 
 
 def _install_chromium(session: nox.Session) -> None:
-    how = f"install Debian's chromium package so that {CHROMIUM} exists (apt-get install chromium)"
+    _apt_install(session, "chromium", lambda: os.path.exists(CHROMIUM), f"{CHROMIUM} exists")
+
+
+def _apt_install(
+    session: nox.Session, package: str, installed: Callable[[], bool], what: str
+) -> None:
+    """Install a Debian package the session needs, or stop with a clear message."""
+    how = f"install Debian's {package} package so that {what} (apt-get install {package})"
     if shutil.which("apt-get") is None or os.geteuid() != 0:
-        session.error(f"{CHROMIUM} is missing and apt-get cannot run here as root: {how}")
+        session.error(f"{package} is missing and apt-get cannot run here as root: {how}")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     try:
         session.run("apt-get", "update", external=True, env=env)
-        session.run("apt-get", "install", "-y", "chromium", external=True, env=env)
+        session.run("apt-get", "install", "-y", package, external=True, env=env)
     except CommandFailed:
-        session.error(f"apt-get could not install chromium: {how}")
-    if not os.path.exists(CHROMIUM):
-        session.error(f"apt-get installed chromium but {CHROMIUM} is still missing: {how}")
+        session.error(f"apt-get could not install {package}: {how}")
+    if not installed():
+        session.error(f"apt-get installed {package}, but it is still not usable: {how}")
 
 
 @nox.session(python=PYTHON)
@@ -82,17 +90,12 @@ def redis(session: nox.Session) -> None:
 
 
 def _install_redis_server(session: nox.Session) -> None:
-    how = "install Debian's redis-server package (apt-get install redis-server)"
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        session.error(f"redis-server is missing and apt-get cannot run here as root: {how}")
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        session.run("apt-get", "update", external=True, env=env)
-        session.run("apt-get", "install", "-y", "redis-server", external=True, env=env)
-    except CommandFailed:
-        session.error(f"apt-get could not install redis-server: {how}")
-    if shutil.which("redis-server") is None:
-        session.error(f"apt-get ran but redis-server is still not on PATH: {how}")
+    _apt_install(
+        session,
+        "redis-server",
+        lambda: shutil.which("redis-server") is not None,
+        "redis-server is on PATH",
+    )
 
 
 @nox.session(python=PYTHON)
