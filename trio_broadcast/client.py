@@ -116,9 +116,10 @@ class _Sender:
 
     async def send(self, message: str | bytes) -> None:
         """Send one message (an echo), keeping its type."""
-        await self._write(message_frame(message))
+        frame = message_frame(message)
+        await self._write(frame)
         self.sent += 1
-        self._counters.count_message(message)
+        self._counters.count_frames(1, len(frame))
 
     def deliver_nowait(self, frames: tuple[bytes, ...]) -> tuple[bytes, ...]:
         """The fan-out's fast path: write ``frames`` now if the socket takes them.

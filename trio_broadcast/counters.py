@@ -30,21 +30,3 @@ class Counters:
         """Count ``messages`` written as ``size`` bytes of frames, already encoded."""
         self.delivered += messages
         self.bytes_sent += size
-
-    def count_message(self, message: str | bytes) -> None:
-        """Count one message handed to the protocol library, which frames it."""
-        # isascii() is O(1) on str: the common case skips encoding just to measure.
-        size = (
-            len(message)
-            if isinstance(message, bytes) or message.isascii()
-            else len(message.encode())
-        )
-        self.delivered += 1
-        self.bytes_sent += size + frame_header_size(size)
-
-
-def frame_header_size(payload: int) -> int:
-    """Bytes of an unmasked frame header (RFC 6455 section 5.2) for a payload this long."""
-    if payload < 126:
-        return 2
-    return 4 if payload < 1 << 16 else 10
