@@ -25,6 +25,8 @@ LOADGEN_BUSY_PCT = 85.0
 """Load generator CPU at or above this in the window: it may be the bottleneck (†)."""
 BACKGROUND_BUSY_PCT = 25.0
 """CPU used by other processes on the machine at or above this: noisy cell (‡)."""
+REDIS_INSTANCES = 2
+"""Serving instances in the R rows (bench/run.py's REDIS_INSTANCES)."""
 NEAR_CEILING = 0.8
 """A throughput at or above this fraction of the load generator's ceiling (§)."""
 
@@ -156,6 +158,10 @@ def s1_cell(cell: Result) -> str:
     )
 
 
+def _via_redis(results: Result, scenario: str) -> str:
+    return f"{_n(results, scenario)} clients on {REDIS_INSTANCES} instances fed through Redis"
+
+
 def s2_cell(cell: Result) -> str:
     feed = cell.get("feed") or {}
     connected = cell.get("clients_connected") or 0
@@ -251,11 +257,31 @@ ROWS = [
         lower_is_better=True,
     ),
     Row(
+        "R1",
+        lambda r: (
+            f"R1: S1 with {_via_redis(r, 'R1')} (stdin → publisher → Redis → instances): "
+            "p50 / p99 / max latency, delivered"
+        ),
+        s1_cell,
+        _p99,
+        "p99",
+        lower_is_better=True,
+    ),
+    Row(
         "S2",
         lambda r: (
             f"S2: {_n(r, 'S2')} clients, lines as fast as the pipe takes them: "
             "deliveries/s, delivered"
         ),
+        s2_cell,
+        lambda c: c.get("deliveries_per_s"),
+        "deliveries/s",
+        lower_is_better=False,
+        ceiling="broadcast",
+    ),
+    Row(
+        "R2",
+        lambda r: f"R2: S2 with {_via_redis(r, 'R2')}: deliveries/s, delivered",
         s2_cell,
         lambda c: c.get("deliveries_per_s"),
         "deliveries/s",

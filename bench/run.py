@@ -37,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import termios
 import time
 from collections import deque
@@ -122,6 +123,8 @@ class Scenario:
     stuck: bool = False
     rss_per_connection: bool = False
     rss_track: bool = False
+    redis: bool = False
+    """Through Redis: stdin → a publisher instance → Redis → two serving instances."""
 
 
 def scenarios(timing: Timing) -> list[Scenario]:
@@ -132,7 +135,17 @@ def scenarios(timing: Timing) -> list[Scenario]:
         Scenario("S4", clients=50, rate=1000, line_size=1024, stuck=True, rss_track=True),
         Scenario("S4c", clients=50, rate=1000, line_size=1024, rss_track=True),
         Scenario("S5", clients=100, rate=0, line_size=32, mode="echo"),
+        Scenario("R1", clients=100, rate=1000, line_size=64, redis=True),
+        Scenario("R2", clients=100, rate=None, line_size=64, redis=True),
     ]
+
+
+def _scenario_json(sc: Scenario) -> Result:
+    """A scenario's parameters for the results; ``redis`` only where it is set."""
+    fields = asdict(sc)
+    if not sc.redis:
+        del fields["redis"]
+    return fields
 
 
 # ---------------------------------------------------------------- servers
@@ -142,6 +155,9 @@ def scenarios(timing: Timing) -> list[Scenario]:
 class ServerSpec:
     name: str
     command: Callable[[int], list[str]]
+    redis_command: Callable[[int, str, bool], list[str]] | None = None
+    """(port, Redis URL, reads stdin) -> argv of an instance sharing its feed through
+    Redis; ``None``: the server has no Redis mode (R scenarios read n/a)."""
 
 
 def _trio_broadcast_command() -> str | None:
@@ -162,10 +178,13 @@ def server_specs() -> dict[str, ServerSpec]:
         options = ["--host", HOST, "--port", str(port), "--ping-interval", "0"]
         return [command, *options, "--log-level", "warning"]
 
+    def trio_broadcast_redis(port: int, url: str, stdin: bool) -> list[str]:
+        return [*trio_broadcast(port), "--redis", url, *([] if stdin else ["--no-stdin"])]
+
     return {
         spec.name: spec
         for spec in [
-            ServerSpec("trio-broadcast", trio_broadcast),
+            ServerSpec("trio-broadcast", trio_broadcast, trio_broadcast_redis),
             ServerSpec(
                 "websockets-asyncio",
                 lambda port: [python, str(peers / "websockets_asyncio.py"), "--port", str(port)],
@@ -341,10 +360,20 @@ class Context:
             child.stop()
 
     def loadgen(
-        self, port: int, clients: int, mode: str, *, max_seconds: float, latency_every: int = 1
+        self,
+        port: int | list[int],
+        clients: int,
+        mode: str,
+        *,
+        max_seconds: float,
+        latency_every: int = 1,
     ) -> dict[str, Any]:
+        # Several ports: the clients are split evenly across them (client i on
+        # the (i mod n)-th).
+        where = {"urls": [f"ws://{HOST}:{p}/" for p in port]} if isinstance(port, list) else {}
         return {
-            "url": f"ws://{HOST}:{port}/",
+            "url": f"ws://{HOST}:{port if isinstance(port, int) else port[0]}/",
+            **where,
             "clients": clients,
             "mode": mode,
             "parser": self.parser,
@@ -778,6 +807,103 @@ def _feed(
     return measured
 
 
+REDIS_INSTANCES = 2
+"""Serving instances in the R scenarios (the publisher comes on top)."""
+
+
+def run_redis(ctx: Context, spec: ServerSpec, sc: Scenario) -> Result:
+    """stdin → a publisher instance → Redis → two serving instances → the clients.
+
+    A redis-server on a free loopback port (no persistence, its files in a
+    temporary directory), one publisher that reads the harness's stdin and serves
+    no clients, and two ``--no-stdin`` instances with the clients split 50/50. All
+    four processes share the server core; the clients, the measurement and the
+    feed are S1's and S2's.
+    """
+    assert spec.redis_command is not None
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise BenchError("redis-server not found")
+    timing = ctx.timing
+    connect_budget = 10.0 + sc.clients / 100
+    max_seconds = connect_budget + timing.warmup + timing.measure + timing.drain + 30
+    with contextlib.ExitStack() as stack:
+        data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-redis-"))
+        redis_port = free_port()
+        redis = stack.enter_context(
+            ctx.child(
+                "redis-server",
+                [
+                    redis_server,
+                    *("--port", str(redis_port), "--bind", HOST, "--dir", data_dir),
+                    *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+                ],
+                SERVER_CORE,
+            )
+        )
+        wait_for_port(redis_port, redis)
+        url = f"redis://{HOST}:{redis_port}/0"
+        ports = [free_port() for _ in range(REDIS_INSTANCES)]
+        serving: list[Child] = []
+        for n, port in enumerate(ports):
+            name = f"{spec.name}-{chr(ord('a') + n)}"
+            argv = spec.redis_command(port, url, False)
+            serving.append(stack.enter_context(ctx.child(name, argv, SERVER_CORE)))
+        for port, child in zip(ports, serving, strict=True):
+            wait_for_port(port, child)
+        publisher_port = free_port()
+        publisher = stack.enter_context(
+            ctx.child(
+                f"{spec.name}-publisher",
+                spec.redis_command(publisher_port, url, True),
+                SERVER_CORE,
+            )
+        )
+        wait_for_port(publisher_port, publisher)
+        instances = {"publisher": publisher, **{c.name: c for c in serving}}
+        time.sleep(0.2)
+        every = THROUGHPUT_LATENCY_SAMPLE if sc.rate is None else 1
+        lg_config = ctx.loadgen(
+            ports, sc.clients, sc.mode, max_seconds=max_seconds, latency_every=every
+        )
+        loadgen = stack.enter_context(
+            ctx.child(
+                "loadgen", ["node", str(LOADGEN), json.dumps(lg_config)], LOAD_CORE, events=True
+            )
+        )
+        connected = loadgen.read_event("connected", connect_budget + 10)
+        if connected["connected"] == 0:
+            raise BenchError(f"no client connected ({_errors(connected)})")
+        result: Result = {"connect": connected, "redis_instances": REDIS_INSTANCES}
+        time.sleep(0.5)
+        for name, child in [("redis-server", redis), *instances.items()]:
+            if not child.alive():
+                raise BenchError(f"{name} died ({child.why_dead()})")
+        feeder = Feeder(publisher.stdin, sc.line_size)
+        stack.callback(feeder.close)
+        parts = {
+            "redis": redis.pid,
+            "publisher": publisher.pid,
+            **{f"instance_{chr(ord('a') + n)}": c.pid for n, c in enumerate(serving)},
+        }
+        cpu = CpuWindow({**parts, "loadgen": loadgen.pid})
+        measured = _feed(
+            ctx, sc, feeder=feeder, loadgen=loadgen, cpu=cpu, stuck=None, result=result
+        )
+        # "server": every process on the server core (Redis and the three instances).
+        measured["server_cpu_pct"] = sum(measured[f"{name}_cpu_pct"] for name in parts)
+        result.update(loadgen.read_event("result", timing.drain + 15))
+        result["cpu"] = measured
+        dead = [
+            f"{name}: {child.why_dead()}"
+            for name, child in [("redis-server", redis), *instances.items()]
+            if not child.alive()
+        ]
+        if dead:
+            result["server_exit"] = "; ".join(dead)
+        return result
+
+
 def _kb(size: int | None) -> float | None:
     return None if size is None else size / 1024
 
@@ -862,6 +988,8 @@ def retry_noisy(
             cell = cells.get(sc.id)
             if cell is None or "budget" in str(cell.get("error", "")):
                 continue
+            if cell.get("not_applicable"):
+                continue
             if not cell.get("ok"):
                 candidates.append((1000.0, sc, name))
             elif _noise(cell) >= report.BACKGROUND_BUSY_PCT:
@@ -905,12 +1033,14 @@ def retry_ceiling(ctx: Context, results: Result) -> None:
 
 
 def run_cell(ctx: Context, spec: ServerSpec, sc: Scenario) -> Result:
+    if sc.redis and spec.redis_command is None:
+        return {"ok": False, "error": "no Redis mode", "not_applicable": True}
     if time.monotonic() > ctx.deadline:
         return {"ok": False, "error": "skipped: run time budget spent"}
     background = ctx.wait_for_quiet()
     began = time.monotonic()
     try:
-        result = run_broadcast(ctx, spec, sc)
+        result = run_redis(ctx, spec, sc) if sc.redis else run_broadcast(ctx, spec, sc)
     except BenchError as exc:
         result = {"ok": False, "error": str(exc)}
     except Exception as exc:
@@ -1045,7 +1175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         default="all",
-        help="comma-separated scenario ids, e.g. S1,S5 (default: all)",
+        help="comma-separated scenario ids, e.g. S1,S5 or R1,R2 (through Redis; "
+        "trio-broadcast only) (default: all)",
     )
     parser.add_argument("--out", type=Path, help="results file (default: timestamped)")
     parser.add_argument(
@@ -1110,7 +1241,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(node_version, pinning, fd_limit),
         "background_cpu_pct_at_start": background_load(),
         "servers": args.server_list,
-        "scenarios": [asdict(sc) for sc in chosen],
+        "scenarios": [_scenario_json(sc) for sc in chosen],
         "results": {name: {} for name in args.server_list},
     }
     print(report.machine_line(results), flush=True)

@@ -5,6 +5,8 @@
 //
 // Config:
 //   url, clients, mode: "broadcast" | "echo", parser: "raw" | "ws",
+//   urls (optional, instead of url: client i connects to urls[i % urls.length],
+//   so the clients are split evenly across several servers),
 //   connectConcurrency, connectTimeoutMs, maxSeconds, drainMs, idleDrainMs,
 //   measureFrom (broadcast: lines with seq >= measureFrom are measured), echoSize,
 //   latencyEvery (broadcast: time every line, or one in this many)
@@ -45,6 +47,7 @@ const MEASURE_FROM = config.measureFrom || 0;
 // Latency of every line, or of the lines whose number is a multiple of this
 // (a uniform sample that spares the parsing where throughput is the point).
 const LATENCY_EVERY = config.latencyEvery || 1;
+const URLS = config.urls || [config.url];
 
 function now() {
   return Number(process.hrtime.bigint());
@@ -309,7 +312,7 @@ function onChunk(i, chunk) {
 function connectOne(i) {
   return new Promise((resolve) => {
     let settled = false;
-    const ws = new WebSocket(config.url, {
+    const ws = new WebSocket(URLS[i % URLS.length], {
       perMessageDeflate: false,
       skipUTF8Validation: true,
       handshakeTimeout: config.connectTimeoutMs,
@@ -360,10 +363,14 @@ async function connectAll() {
   const began = now();
   let next = 0;
   let connected = 0;
+  const perUrl = URLS.map(() => 0);
   const worker = async () => {
     while (next < N) {
       const i = next++;
-      if (await connectOne(i)) connected++;
+      if (await connectOne(i)) {
+        connected++;
+        perUrl[i % URLS.length]++;
+      }
     }
   };
   const workers = [];
@@ -378,6 +385,7 @@ async function connectAll() {
     connect_s: seconds,
     connect_rate: connected / seconds,
     connect_errors: connectErrors,
+    ...(config.urls ? { connected_per_url: perUrl } : {}),
   });
 }
 
