@@ -709,14 +709,8 @@ def run_broadcast(ctx: Context, spec: ServerSpec, sc: Scenario) -> Result:
         lg_config = ctx.loadgen(
             port, sc.clients, sc.mode, max_seconds=max_seconds, latency_every=every
         )
-        loadgen = stack.enter_context(
-            ctx.child(
-                "loadgen", ["node", str(LOADGEN), json.dumps(lg_config)], LOAD_CORE, events=True
-            )
-        )
-        connected = loadgen.read_event("connected", connect_budget + 10)
-        if connected["connected"] == 0:
-            raise BenchError(f"no client connected ({_errors(connected)})")
+        loadgen = start_loadgen(ctx, stack, lg_config)
+        connected = wait_connected(loadgen, connect_budget + 10)
         result: Result = {"connect": connected}
         time.sleep(0.5)
         if not server.alive():
@@ -866,14 +860,8 @@ def run_redis(ctx: Context, spec: ServerSpec, sc: Scenario) -> Result:
         lg_config = ctx.loadgen(
             ports, sc.clients, sc.mode, max_seconds=max_seconds, latency_every=every
         )
-        loadgen = stack.enter_context(
-            ctx.child(
-                "loadgen", ["node", str(LOADGEN), json.dumps(lg_config)], LOAD_CORE, events=True
-            )
-        )
-        connected = loadgen.read_event("connected", connect_budget + 10)
-        if connected["connected"] == 0:
-            raise BenchError(f"no client connected ({_errors(connected)})")
+        loadgen = start_loadgen(ctx, stack, lg_config)
+        connected = wait_connected(loadgen, connect_budget + 10)
         result: Result = {"connect": connected, "redis_instances": REDIS_INSTANCES}
         time.sleep(0.5)
         for name, child in [("redis-server", redis), *instances.items()]:
@@ -906,6 +894,20 @@ def run_redis(ctx: Context, spec: ServerSpec, sc: Scenario) -> Result:
 
 def _kb(size: int | None) -> float | None:
     return None if size is None else size / 1024
+
+
+def start_loadgen(ctx: Context, stack: contextlib.ExitStack, config: Result) -> Child:
+    """Start the load generator with ``config`` on the load core; ``stack`` stops it."""
+    argv = ["node", str(LOADGEN), json.dumps(config)]
+    return stack.enter_context(ctx.child("loadgen", argv, LOAD_CORE, events=True))
+
+
+def wait_connected(loadgen: Child, timeout: float) -> Result:
+    """Wait until every connection attempt has ended; fail if none succeeded."""
+    connected = loadgen.read_event("connected", timeout)
+    if connected["connected"] == 0:
+        raise BenchError(f"no client connected ({_errors(connected)})")
+    return connected
 
 
 def _errors(connected: Result) -> str:
@@ -941,11 +943,7 @@ def _ceiling(ctx: Context, mode: str) -> Result:
         lg_config = ctx.loadgen(
             port, 100, mode, max_seconds=max_seconds, latency_every=THROUGHPUT_LATENCY_SAMPLE
         )
-        loadgen = stack.enter_context(
-            ctx.child(
-                "loadgen", ["node", str(LOADGEN), json.dumps(lg_config)], LOAD_CORE, events=True
-            )
-        )
+        loadgen = start_loadgen(ctx, stack, lg_config)
         loadgen.read_event("connected", 30)
         cpu = CpuWindow({"server": server.pid, "loadgen": loadgen.pid})
         if mode == "broadcast":
