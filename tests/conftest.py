@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -91,15 +92,18 @@ class Process:
     def url(self) -> str:
         return self.urls[0]
 
-    async def read_stderr_until(self, pattern: str) -> re.Match[str]:
-        """Read stderr until ``pattern`` matches a line; the caller bounds the time."""
+    async def read_stderr_until(self, pattern: str, count: int = 1) -> re.Match[str]:
+        """Read stderr until ``pattern`` matches ``count`` lines; the caller bounds the time.
+
+        Returns the ``count``-th match.
+        """
         assert self.process.stderr is not None
         regex = re.compile(pattern)
         while True:
-            for line in self.stderr.decode(errors="replace").splitlines():
-                match = regex.search(line)
-                if match:
-                    return match
+            lines = self.stderr.decode(errors="replace").splitlines()
+            matches = [m for m in map(regex.search, lines) if m]
+            if len(matches) >= count:
+                return matches[count - 1]
             chunk = await self.process.stderr.receive_some()
             if not chunk:
                 raise AssertionError(
@@ -124,20 +128,28 @@ class Process:
 
 @asynccontextmanager
 async def running_command(
-    *args: str, stdin: int | None = -1, wait_listening: bool = True
+    *args: str, stdin: int | None = -1, wait_listening: bool = True, fd_limit: int | None = None
 ) -> AsyncIterator[Process]:
     """Start ``trio-broadcast --host 127.0.0.1 --port 0 ARGS`` with piped stdin and stderr.
 
     ``stdin=-1`` gives a pipe (``process.write``); pass a file descriptor to use
-    that instead. On leaving, the process is killed if it is still running.
+    that instead. ``fd_limit`` lowers the command's ``ulimit -n``. On leaving,
+    the process is killed if it is still running.
     """
     command = [str(COMMAND), "--host", "127.0.0.1", "--port", "0", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def limit_descriptors() -> None:
+        if fd_limit is not None:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, hard))
+
     process = await trio.lowlevel.open_process(
         command,
         stdin=subprocess.PIPE if stdin == -1 else stdin,
         stderr=subprocess.PIPE,
         env=env,
+        preexec_fn=limit_descriptors,
     )
     running = Process(process)
     try:

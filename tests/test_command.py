@@ -205,6 +205,18 @@ class Frame:
         return self.payload.decode()
 
 
+def upgrade_request(port: int, key: str = "dGhlIHNhbXBsZSBub25jZQ==") -> bytes:
+    """A WebSocket opening handshake request for the server on ``port``."""
+    return (
+        "GET / HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
 class RawClient:
     """A client on a raw socket, written by hand so that it can misbehave on purpose."""
 
@@ -232,16 +244,7 @@ class RawClient:
         client = await cls.open(port, rcvbuf=rcvbuf)
         try:
             key = base64.b64encode(os.urandom(16)).decode()
-            await client.stream.send_all(
-                (
-                    "GET / HTTP/1.1\r\n"
-                    f"Host: 127.0.0.1:{port}\r\n"
-                    "Upgrade: websocket\r\n"
-                    "Connection: Upgrade\r\n"
-                    f"Sec-WebSocket-Key: {key}\r\n"
-                    "Sec-WebSocket-Version: 13\r\n\r\n"
-                ).encode()
-            )
+            await client.stream.send_all(upgrade_request(port, key))
             while b"\r\n\r\n" not in client.buffer:
                 assert await client.fill(), f"closed in the handshake: {client.buffer!r}"
             head, _, rest = bytes(client.buffer).partition(b"\r\n\r\n")
@@ -504,6 +507,52 @@ async def test_max_clients_refuses_the_next_handshake_with_503() -> None:
                 )
                 async with ws(process.url) as third:
                     await echoes(third, "a place was free")
+            await stop(process)
+
+
+async def test_out_of_file_descriptors_refuses_with_503_then_recovers() -> None:
+    """Below ``ulimit -n``, the excess clients get a quick 503, not a hang.
+
+    The log says why, the clients already in keep being served, and there is
+    room again once some of them leave.
+    """
+    limit, attempts = 64, 100
+    with trio.fail_after(30):
+        async with running_command("--no-stdin", fd_limit=limit) as process:
+            port = int(process.url.rsplit(":", 1)[1].rstrip("/"))
+            accepted: list[RawClient] = []
+            refusals: list[bytes] = []
+            for _ in range(attempts):
+                client = await RawClient.open(port)
+                await client.stream.send_all(upgrade_request(port))
+                while b"\r\n\r\n" not in client.buffer:
+                    assert await client.fill(), f"closed without an answer: {client.buffer!r}"
+                if client.buffer.startswith(b"HTTP/1.1 101 "):
+                    del client.buffer[: client.buffer.index(b"\r\n\r\n") + 4]
+                    accepted.append(client)
+                else:
+                    refusals.append(await client.read_to_end())
+                    await client.aclose()
+            assert 0 < len(accepted) < limit
+            assert len(refusals) == attempts - len(accepted)
+            for answer in refusals:
+                assert answer.startswith(b"HTTP/1.1 503 "), answer
+                assert b"out of file descriptors" in answer
+            await process.read_stderr_until(rf"out of file descriptors \(ulimit -n {limit}, ")
+            # Those in are still served: an echo goes through the last one in.
+            await accepted[-1].send_frame(TEXT, b"still here")
+            frame = await accepted[-1].read_frame()
+            assert frame is not None
+            assert frame.text == "still here"
+            leaving = accepted[:10]
+            for client in leaving:
+                await client.aclose()
+            for client in leaving:
+                await process.read_stderr_until(rf"client 127\.0\.0\.1:{client.port} ")
+            newcomer = await RawClient.handshake(port)
+            await newcomer.aclose()
+            for client in accepted[10:]:
+                await client.aclose()
             await stop(process)
 
 

@@ -29,7 +29,16 @@ BAD_REQUEST = "bad_request"
 UNAUTHORIZED = "unauthorized"
 FORBIDDEN_ORIGIN = "forbidden_origin"
 TOO_MANY_CLIENTS = "too_many_clients"
-RESULTS = (ACCEPTED, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN_ORIGIN, TOO_MANY_CLIENTS)
+OUT_OF_DESCRIPTORS = "out_of_file_descriptors"
+"""Refused at accept, before any request was read (:mod:`trio_broadcast.accept`)."""
+RESULTS = (
+    ACCEPTED,
+    BAD_REQUEST,
+    UNAUTHORIZED,
+    FORBIDDEN_ORIGIN,
+    TOO_MANY_CLIENTS,
+    OUT_OF_DESCRIPTORS,
+)
 """Every way a WebSocket handshake ends: the ``result`` label of the connection metric."""
 
 REPORT_INTERVAL = 1.0

@@ -2,8 +2,8 @@
 
 :func:`serve` is the whole server as a Trio function. Its nursery holds:
 
-* the accept loop (``trio.serve_listeners``), which starts one task per
-  connection in the same nursery;
+* the accept loop (:mod:`~trio_broadcast.accept`, one task per listening
+  socket), which starts one task per connection in the same nursery;
 * the line source (standard input, for the command), which publishes into the
   :class:`~trio_broadcast.fanout.Fanout`;
 * the connection tasks: each reads the request head, then either answers a plain
@@ -40,7 +40,15 @@ from trio_websocket import (
 )
 
 from . import metrics
-from .access import ACCEPTED, TOO_MANY_CLIENTS, Refusal, RefusalThrottle, check_handshake
+from .accept import DescriptorReserve, accept_forever, descriptor_limit
+from .access import (
+    ACCEPTED,
+    OUT_OF_DESCRIPTORS,
+    TOO_MANY_CLIENTS,
+    Refusal,
+    RefusalThrottle,
+    check_handshake,
+)
 from .client import GOING_AWAY, Report, serve_client
 from .config import Config
 from .counters import Counters
@@ -177,12 +185,35 @@ class Server:
     ) -> None:
         # Connection tasks start in the server's nursery, outside this scope:
         # cancelling it stops accepting and leaves the connections running.
+        reserve = DescriptorReserve()
         try:
             with self._stopped_by_shutdown(self._accepting), self._accepting:
-                await trio.serve_listeners(self._connection, listeners, handler_nursery=nursery)
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(
+                            accept_forever,
+                            listener,
+                            self._connection,
+                            nursery,
+                            reserve,
+                            self._refused_at_limit,
+                        )
         finally:
+            reserve.close()
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
+
+    def _refused_at_limit(self) -> None:
+        self.counters.connections[OUT_OF_DESCRIPTORS] += 1
+        held_back = self._refusals.report(OUT_OF_DESCRIPTORS, trio.current_time())
+        if held_back is not None:
+            log.warning(
+                "out of file descriptors (ulimit -n %d, %d connections open): "
+                "refusing new connections with 503 until clients leave%s",
+                descriptor_limit(),
+                self._connections,
+                f" ({held_back} more refused since the last report)" if held_back else "",
+            )
 
     async def _feed(self, source: LineSource) -> None:
         with self._stopped_by_shutdown(trio.CancelScope()) as reading, reading:

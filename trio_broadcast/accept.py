@@ -1,0 +1,159 @@
+"""The accept loop, with a plan for running out of file descriptors.
+
+Every connection costs the process one file descriptor, and ``ulimit -n`` caps
+them. When none is left, ``accept()`` fails with ``EMFILE`` (``ENFILE`` when
+the whole system is out) *without taking the connection off the listen queue*.
+``trio.serve_listeners`` then logs a traceback and retries every 100 ms, so
+the excess clients hang in the kernel's queue until they time out, and the log
+fills with tracebacks.
+
+This loop does what servers such as nginx and libuv do instead: it keeps one
+descriptor in reserve (``/dev/null`` opened at start). Out of descriptors, it
+releases the reserve, accepts the waiting connection with it, and takes the
+reserve back. If the reserve cannot be taken back, the process is still at its
+limit: the connection is refused on the spot with a ``503`` ("out of file
+descriptors"; a TLS listener just closes it) and the reserve is retaken from
+the descriptor that frees. If it can, a client left in the meantime and the
+connection is served as usual. Either way no client waits for nothing, and new
+clients are served again as soon as old ones leave.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+
+import trio
+
+from .handshake import http_response
+
+log = logging.getLogger("trio_broadcast")
+
+Handler = Callable[[trio.abc.Stream], Awaitable[None]]
+
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+OUT_OF_MEMORY = (errno.ENOBUFS, errno.ENOMEM)
+"""The kernel is short of memory for a new socket: wait a little and retry."""
+RETRY_DELAY = 0.1
+"""Seconds to wait before accepting again after a shortage the reserve cannot help."""
+
+REFUSAL = http_response(
+    503,
+    "the server is out of file descriptors; try again later\n",
+    (("Retry-After", "1"),),
+)
+
+
+class DescriptorReserve:
+    """One open descriptor held back, to be spent on refusing a connection.
+
+    Shared by every listener of a server; :meth:`close` releases it for good.
+    """
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self.lock = trio.Lock()
+        """Held while the reserve is spent, so that one listener at a time spends it."""
+        self.take()
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def take(self) -> bool:
+        """Open the reserve descriptor if it is not held; whether it now is."""
+        if self._fd is None:
+            with suppress(OSError):
+                self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    close = release
+
+
+async def accept_forever(
+    listener: trio.abc.Listener[trio.abc.Stream],
+    handler: Handler,
+    nursery: trio.Nursery,
+    reserve: DescriptorReserve,
+    on_refused: Callable[[], None],
+) -> None:
+    """Accept connections on ``listener`` and run ``handler`` for each in ``nursery``.
+
+    Runs until cancelled. ``on_refused`` is called for every connection refused
+    for want of a descriptor (to count and log it). Other errors from
+    ``accept`` propagate, as in ``trio.serve_listeners``.
+    """
+    while True:
+        stream: trio.abc.Stream | None
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno in OUT_OF_DESCRIPTORS and reserve.held:
+                stream = await _accept_at_the_limit(listener, reserve, on_refused)
+                if stream is None:
+                    continue
+            elif exc.errno in OUT_OF_DESCRIPTORS + OUT_OF_MEMORY:
+                # No reserve to spend (another listener is spending it, or it
+                # was lost), or no memory: the connection waits in the listen
+                # queue a moment. The kernel has no event for "a descriptor
+                # is free again", so this is the one place that retries on a timer.
+                await trio.sleep(RETRY_DELAY)
+                if not reserve.lock.locked():
+                    reserve.take()
+                continue
+            else:
+                raise
+        nursery.start_soon(handler, stream)
+
+
+async def _accept_at_the_limit(
+    listener: trio.abc.Listener[trio.abc.Stream],
+    reserve: DescriptorReserve,
+    on_refused: Callable[[], None],
+) -> trio.abc.Stream | None:
+    """Accept one connection with the reserve's descriptor; ``None`` if refused."""
+    async with reserve.lock:
+        reserve.release()
+        try:
+            stream = await listener.accept()
+        finally:
+            # A client may have left while we waited: then there is room again.
+            room = reserve.take()
+        if room:
+            return stream
+        _refuse(stream)
+        on_refused()
+        # Normally retaken from the descriptor just freed. If something else
+        # took it first, the accept loop retries after a pause.
+        reserve.take()
+        return None
+
+
+def _refuse(stream: trio.abc.Stream) -> None:
+    """Say 503 and close, without waiting: the socket's buffers are empty."""
+    plain = isinstance(stream, trio.SocketStream)
+    transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(transport, trio.SocketStream):
+        fd = transport.socket.fileno()
+        with suppress(OSError):
+            # Read what the client sent so far: closing with unread data would
+            # reset the connection and the client might never see the answer.
+            os.read(fd, 65536)
+        if plain:
+            with suppress(OSError):
+                os.write(fd, REFUSAL)
+        transport.socket.close()
+
+
+def descriptor_limit() -> int:
+    """The process's soft limit on open file descriptors (``ulimit -n``)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
