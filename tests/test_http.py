@@ -155,6 +155,7 @@ async def test_metrics_count_what_happened() -> None:
             assert values[("trio_broadcast_connections_total", "forbidden_origin")] == 0
             assert values[("trio_broadcast_connections_total", "too_many_clients")] == 0
             assert values[("trio_broadcast_connections_total", "bad_request")] == 0
+            assert values[("trio_broadcast_connections_total", "out_of_file_descriptors")] == 0
             assert values[("trio_broadcast_lines_read_total", "")] == 2
             assert values[("trio_broadcast_messages_delivered_total", "")] == 3
             assert values[("trio_broadcast_bytes_sent_total", "")] == (2 + 2) + (2 + 3) + (2 + 2)
@@ -162,6 +163,30 @@ async def test_metrics_count_what_happened() -> None:
             assert values[("trio_broadcast_slow_disconnects_total", "")] == 0
             assert values[("trio_broadcast_lines_too_long_total", "")] == 0
             assert TOKEN not in response.text
+
+
+async def test_metrics_show_connections_tasks_and_descriptors_coming_back_down() -> None:
+    """The gauges an operator watches for leaks return to where they were."""
+
+    async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, str], float]:
+        return metric_values((await client.get("/metrics")).text)
+
+    with trio.fail_after(10):
+        async with running_server() as server, http(server) as client:
+            before = await scrape(client)
+            assert before[("trio_broadcast_open_connections", "")] == 1  # this scrape
+            assert before[("process_open_fds", "")] > 0
+            assert before[("process_max_fds", "")] > 0
+            assert before[("process_resident_memory_bytes", "")] > 0
+            async with ws_client(server.urls[0]), ws_client(server.urls[0]):
+                await wait_until(lambda: server.clients == 2)
+                during = await scrape(client)
+                assert during[("trio_broadcast_open_connections", "")] == 3
+                assert during[("trio_broadcast_tasks", "")] > before[("trio_broadcast_tasks", "")]
+            await wait_until(lambda: server.connections == 1)
+            after = await scrape(client)
+            assert after[("trio_broadcast_tasks", "")] == before[("trio_broadcast_tasks", "")]
+            assert after[("process_open_fds", "")] == before[("process_open_fds", "")]
 
 
 async def test_metrics_count_long_lines_read_from_a_file_descriptor() -> None:

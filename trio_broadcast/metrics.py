@@ -16,7 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+import trio
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -36,6 +42,17 @@ class _ServerCollector(Collector):
         counters = server.counters
         yield GaugeMetricFamily(
             PREFIX + "clients", "Connected WebSocket clients.", value=server.clients
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "open_connections",
+            "Open TCP connections: clients, handshakes in progress and plain HTTP requests.",
+            value=server.connections,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "tasks",
+            "Trio tasks alive in the process: a few per connection, so growth while "
+            "the number of connections stays put means a leak.",
+            value=trio.lowlevel.current_statistics().tasks_living,
         )
         connections = CounterMetricFamily(
             PREFIX + "connections",
@@ -77,9 +94,14 @@ class _ServerCollector(Collector):
 
 
 def registry_for(server: Server) -> CollectorRegistry:
-    """A registry of its own holding the collector that reads ``server``."""
+    """A registry of its own: the collector that reads ``server``, and the process's.
+
+    The process collector adds ``process_open_fds``, ``process_max_fds`` and
+    ``process_resident_memory_bytes``, what an operator watches for leaks.
+    """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ServerCollector(server))
+    ProcessCollector(registry=registry)
     return registry
 
 
