@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import signal
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import trio
 from trio_websocket import (
@@ -61,6 +61,7 @@ from .handshake import (
     http_response,
     read_request_head,
 )
+from .signals import StopSignals
 from .stdin import Publish
 from .web import Site
 
@@ -398,26 +399,26 @@ async def run(
     on_listening: Callable[[Server], None],
     counters: Counters | None = None,
 ) -> None:
-    """:func:`serve`, stopped gracefully by SIGINT or SIGTERM; a second one exits at once."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """:func:`serve`, stopped gracefully by SIGINT or SIGTERM; a second one exits at once.
+
+    The exit status after a second signal is 128+N, as a shell reports a process
+    killed by signal N; see :mod:`trio_broadcast.signals` for why a plain handler.
+    """
+    server: Server | None = None
+    stop_requested = False
+
+    def stop(signum: signal.Signals) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        log.info("%s: closing %d clients", signum.name, server.clients if server else 0)
+        if server is not None:
+            server.shutdown()
+
+    with StopSignals(stop):
         async with trio.open_nursery() as nursery:
-
-            async def serve_then_stop(
-                task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-            ) -> None:
-                await serve(config, source, counters=counters, task_status=task_status)
-                nursery.cancel_scope.cancel()  # done: stop waiting for signals
-
-            server: Server = await nursery.start(serve_then_stop)
+            server = await nursery.start(partial(serve, config, source, counters=counters))
             on_listening(server)
-            stopping = False
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if stopping:
-                    log.warning("second %s: exiting at once", name)
-                    os._exit(128 + signum)
-                stopping = True
-                log.info("%s: closing %d clients", name, server.clients)
+            if stop_requested:  # a signal came while starting up
                 server.shutdown()
 
 
