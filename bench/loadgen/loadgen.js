@@ -239,11 +239,13 @@ const rest = new Array(N).fill(null); // bytes of an incomplete frame head
 const skip = new Float64Array(N); // payload bytes of the current frame still to skip
 
 let firstCloseAt = null;
+let lastCloseAt = null;
 
 function onClose(i, code) {
   if (isOpen[i]) {
     isOpen[i] = 0;
-    if (firstCloseAt === null) firstCloseAt = now();
+    lastCloseAt = now();
+    if (firstCloseAt === null) firstCloseAt = lastCloseAt;
     closeCodes[code] = (closeCodes[code] || 0) + 1;
   }
 }
@@ -291,6 +293,10 @@ function onChunk(i, chunk) {
       onMessage(i, buf, start, need, t);
     } else if (opcode === 8) {
       onClose(i, len >= 2 ? buf.readUInt16BE(start) : 1005);
+      // Answer as a client must (RFC 6455 5.5.1): echo the code in a masked
+      // close frame (zero key), then end our side.
+      const code = len >= 2 && start + 2 <= n ? buf.subarray(start, start + 2) : Buffer.alloc(0);
+      sockets[i]._socket.end(Buffer.concat([Buffer.from([0x88, 0x80 | code.length, 0, 0, 0, 0]), code]));
     } else if (opcode === 9 && frameEnd <= n) {
       sockets[i].pong(buf.subarray(start, frameEnd)); // no server here pings; be polite anyway
     }
@@ -472,6 +478,10 @@ function report(drainSeconds, complete) {
     clients_open_at_end: open,
     close_codes: closeCodes,
     first_close_s: firstCloseAt === null ? null : (firstCloseAt - windowStart) / 1e9,
+    // On the harness's clock (CLOCK_MONOTONIC ns): when the first and the last
+    // client saw its connection end.
+    first_close_ns: firstCloseAt,
+    last_close_ns: lastCloseAt,
     latency: hist.summary(),
     total_messages: totalMessages,
     last_message_after_window_s: lastMessageAt ? (lastMessageAt - windowEnd) / 1e9 : null,
