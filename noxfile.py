@@ -1,5 +1,7 @@
-"""Developer sessions. ``python3 -m nox`` runs lint, typecheck, tests, browser, redis
-and a smoke run of the benchmark (``bench_quick``); ``nox -s bench`` is the full one.
+"""Developer sessions. ``python3 -m nox`` runs lint, typecheck, tests, browser, redis,
+a smoke run of the benchmark (``bench_quick``) and the short forms of the fault storm
+and the soak (``faults_quick``, ``soak_quick``); ``nox -s bench faults soak`` are the
+full ones.
 
 Each session installs the package from this checkout into its own virtualenv,
 so the tests exercise the installed ``trio-broadcast`` command, as a user gets it.
@@ -14,7 +16,16 @@ from collections.abc import Callable
 import nox
 from nox.command import CommandFailed
 
-nox.options.sessions = ["lint", "typecheck", "tests", "browser", "redis", "bench_quick"]
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "tests",
+    "browser",
+    "redis",
+    "bench_quick",
+    "faults_quick",
+    "soak_quick",
+]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
@@ -133,7 +144,41 @@ def bench_quick(session: nox.Session) -> None:
 
 
 def _run_bench(session: nox.Session, *args: str) -> None:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        session.error("the benchmark's load generator needs Node.js and npm on PATH")
+    _run_load_script(session, "bench/run.py", *args)
+
+
+@nox.session(python=PYTHON)
+def faults(session: nox.Session) -> None:
+    """Fault storm (1,000 clients, 5 % misbehaving), ulimit -n, shutdown under load (~1 min).
+
+    Prints the figures and fails on any broken check; see bench/faults.py.
+    """
+    _run_load_script(session, "bench/faults.py")
+
+
+@nox.session(python=PYTHON)
+def faults_quick(session: nox.Session) -> None:
+    """The same checks with 200 clients and an 8 s storm (CI)."""
+    _run_load_script(session, "bench/faults.py", "--quick")
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """100,000 connect-receive-disconnect cycles; fails on a leaked fd, task or memory (~5 min).
+
+    See bench/soak.py.
+    """
+    _run_load_script(session, "bench/soak.py", node=False)
+
+
+@nox.session(python=PYTHON)
+def soak_quick(session: nox.Session) -> None:
+    """5,000 cycles (CI)."""
+    _run_load_script(session, "bench/soak.py", "--quick", node=False)
+
+
+def _run_load_script(session: nox.Session, script: str, *args: str, node: bool = True) -> None:
+    if node and (shutil.which("node") is None or shutil.which("npm") is None):
+        session.error(f"{script} needs Node.js and npm on PATH (its well-behaved clients)")
     session.install(".", *BENCH_DEPS)
-    session.run("python", "bench/run.py", *args, *session.posargs)
+    session.run("python", script, *args, *session.posargs)

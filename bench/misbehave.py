@@ -1,0 +1,328 @@
+"""Misbehaving WebSocket clients, for the fault storm (``bench/faults.py``).
+
+Usage: ``python bench/misbehave.py '<json config>'`` with the config keys
+``host``, ``port``, ``slots``, ``seconds`` and ``ping_interval`` (the server's,
+to know how long a half-open client should take to be dropped).
+
+Each of ``slots`` tasks runs one misbehaviour after another, in rotation (slot
+*k* starts at the *k*-th), until ``seconds`` have passed, with a short pause
+between two. Every run is bounded in time. At the end one JSON object goes to
+stdout: for each run, the behaviour, the client's local port (which the
+server's log names), what the client saw, and how long that took.
+
+The clients speak raw TCP, written by hand: a misbehaving client has to do
+what no WebSocket library lets it do.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import socket
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import trio
+
+SOURCE = "127.0.0.2"
+"""Misbehaving clients connect from here, so the server's log tells them apart
+from the well-behaved ones (which come from 127.0.0.1)."""
+SOURCE_HEX = "0200007F"
+PAUSE = 0.5
+"""Seconds between two runs of one slot: the storm's pacing, not a synchronisation."""
+OVERSIZED = 2 << 20
+"""Bytes in an oversized message: twice the server's default --max-message-size."""
+CLOSE = 0x8
+
+
+@dataclass
+class Run:
+    behaviour: str
+    port: int
+    outcome: str
+    seconds: float
+
+
+class Peer:
+    """One raw connection to the server."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+        self.port = int(sock.getsockname()[1])
+
+    @classmethod
+    async def connect(cls, host: str, port: int, rcvbuf: int | None = None) -> Peer:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        try:
+            await sock.bind((SOURCE, 0))
+            await sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    async def handshake(self, host: str, port: int) -> None:
+        """Send an upgrade request and read the 101 (anything else raises)."""
+        await self.send(request(host, port))
+        while b"\r\n\r\n" not in self.buffer:
+            if not await self.fill():
+                raise ConnectionError(f"closed in the handshake: {bytes(self.buffer[:60])!r}")
+        head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101 "):
+            raise ConnectionError(f"handshake refused: {head[:40]!r}")
+        self.buffer = bytearray(rest)
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            sent = await self.sock.send(view)
+            view = view[sent:]
+
+    async def fill(self) -> bool:
+        """Read more; False at the end of the connection (FIN or reset)."""
+        try:
+            data = await self.sock.recv(65536)
+        except ConnectionResetError:
+            return False
+        self.buffer += data
+        return bool(data)
+
+    async def frame(self) -> tuple[int, bytes] | None:
+        """The next frame from the server, or ``None`` when the connection ends."""
+        while True:
+            parsed = _parse(self.buffer)
+            if parsed is not None:
+                opcode, payload, size = parsed
+                del self.buffer[:size]
+                return opcode, payload
+            if not await self.fill():
+                return None
+
+    async def until_closed(self) -> str:
+        """Read, ignoring pings, until the server closes; how it did."""
+        while (frame := await self.frame()) is not None:
+            opcode, payload = frame
+            if opcode == CLOSE:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                return f"close frame {code}"
+        return "dropped without a close frame"
+
+    def reset(self) -> None:
+        """Vanish with a TCP reset (SO_LINGER 0)."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def request(host: str, port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def masked_header(opcode: int, length: int, mask: bytes) -> bytes:
+    """The head of a final, masked client frame of ``length`` payload bytes."""
+    if length < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+    elif length < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+    return head + mask
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return masked_header(opcode, len(payload), mask) + masked
+
+
+def _parse(buffer: bytearray) -> tuple[int, bytes, int] | None:
+    """(opcode, payload, bytes used) of a whole frame at the start of ``buffer``."""
+    if len(buffer) < 2:
+        return None
+    length, head = buffer[1] & 0x7F, 2
+    if length == 126:
+        if len(buffer) < 4:
+            return None
+        length, head = struct.unpack_from("!H", buffer, 2)[0], 4
+    elif length == 127:
+        if len(buffer) < 10:
+            return None
+        length, head = struct.unpack_from("!Q", buffer, 2)[0], 10
+    if len(buffer) < head + length:
+        return None
+    return buffer[0] & 0x0F, bytes(buffer[head : head + length]), head + length
+
+
+# ---------------------------------------------------------------- the misbehaviours
+# Each returns what the client saw; the caller bounds its time and times it.
+
+
+async def never_read(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
+    """Complete the handshake, then stop reading: the server must cut it off.
+
+    A client that does not read cannot see the server close (the FIN waits
+    behind the data it does not read), so this watches the server's end of
+    the connection in ``/proc/net/tcp``, then reads what was queued to see
+    how the connection ended.
+    """
+    await peer.handshake(host, port)
+    deadline = trio.current_time() + config["hold"]
+    while server_holds(port, peer.port):
+        if trio.current_time() >= deadline:
+            return f"still connected after {config['hold']:g} s"
+        await trio.sleep(0.2)  # the kernel has no event for the far end's state
+    return await peer.until_closed()
+
+
+def server_holds(server_port: int, client_port: int) -> bool:
+    """Whether the server process still holds its end of this connection open."""
+    local, remote = f"0100007F:{server_port:04X}", f"{SOURCE_HEX}:{client_port:04X}"
+    with open("/proc/net/tcp") as table:
+        for line in table:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                # ESTABLISHED or CLOSE_WAIT, with an inode: a socket a process holds.
+                return fields[3] in ("01", "08") and fields[9] != "0"
+    return False
+
+
+async def reset_mid_frame(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
+    """Send half a frame, then vanish with a TCP reset."""
+    await peer.handshake(host, port)
+    mask = b"\0\0\0\0"  # so that the half sent is valid UTF-8 ("xxx...")
+    await peer.send(masked_header(0x1, 1000, mask) + b"x" * 400)
+    peer.reset()
+    return "reset sent"
+
+
+async def half_open(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
+    """Read everything but never answer a ping: keep-alive must drop it."""
+    await peer.handshake(host, port)
+    return await peer.until_closed()
+
+
+async def slowloris(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
+    """Send the request head a byte a second: the handshake timeout must drop it."""
+    head = request(host, port)
+    async with trio.open_nursery() as nursery:
+
+        async def dribble() -> None:
+            try:
+                for i in range(len(head) - 2):  # never the final CRLF
+                    await peer.send(head[i : i + 1])
+                    await trio.sleep(1.0)
+            except OSError:
+                pass  # the server hung up: the reader below sees it too
+
+        nursery.start_soon(dribble)
+        while await peer.fill():
+            pass
+        nursery.cancel_scope.cancel()
+    answer = bytes(peer.buffer[:12]).decode(errors="replace")
+    return f"closed by the server{': ' + answer if answer else ''}"
+
+
+async def oversized(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
+    """Send a message twice the size limit: the server must close with 1009."""
+    await peer.handshake(host, port)
+    mask = b"\0\0\0\0"  # a zero key leaves the payload as is
+    async with trio.open_nursery() as nursery:
+
+        async def send_it() -> None:
+            try:
+                await peer.send(masked_header(0x2, OVERSIZED, mask))
+                chunk = b"\0" * 65536
+                for _ in range(OVERSIZED // len(chunk)):
+                    await peer.send(chunk)
+            except OSError:
+                pass  # the server closed while we were still sending
+
+        nursery.start_soon(send_it)
+        outcome = await peer.until_closed()
+        nursery.cancel_scope.cancel()
+    return outcome
+
+
+async def invalid_utf8(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
+    """Send a text message that is not UTF-8: the server must end the connection."""
+    await peer.handshake(host, port)
+    await peer.send(masked_frame(0x1, b"caf\xc3\x28 \xff"))
+    return await peer.until_closed()
+
+
+async def no_handshake(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
+    """Connect and close without a word."""
+    peer.close()
+    return "closed without a handshake"
+
+
+Behaviour = Callable[[Peer, str, int, dict[str, Any]], Awaitable[str]]
+BEHAVIOURS: dict[str, Behaviour] = {
+    "never_read": never_read,
+    "reset_mid_frame": reset_mid_frame,
+    "half_open": half_open,
+    "slowloris": slowloris,
+    "oversized": oversized,
+    "invalid_utf8": invalid_utf8,
+    "no_handshake": no_handshake,
+}
+
+
+async def one_run(name: str, host: str, port: int, config: dict[str, Any]) -> Run:
+    began = time.monotonic()
+    peer: Peer | None = None
+    try:
+        with trio.move_on_after(config["run_timeout"]) as bounded:
+            peer = await Peer.connect(host, port, rcvbuf=4096 if name == "never_read" else None)
+            outcome = await BEHAVIOURS[name](peer, host, port, config)
+        if bounded.cancelled_caught:
+            outcome = f"no end within {config['run_timeout']:g} s"
+    except OSError as exc:
+        outcome = f"error: {type(exc).__name__}"
+    finally:
+        if peer is not None:
+            peer.close()
+    return Run(name, peer.port if peer else 0, outcome, round(time.monotonic() - began, 3))
+
+
+async def main(config: dict[str, Any]) -> list[Run]:
+    host, port = config["host"], config["port"]
+    # Bounds: how long a never-reading client waits to be cut off, and any run.
+    config.setdefault("hold", 20.0)
+    config.setdefault("run_timeout", max(30.0, 3 * config["ping_interval"] + 15))
+    names = list(BEHAVIOURS)
+    runs: list[Run] = []
+    deadline = trio.current_time() + config["seconds"]
+
+    async def slot(k: int) -> None:
+        for i in itertools.count(k):
+            if trio.current_time() >= deadline:
+                return
+            runs.append(await one_run(names[i % len(names)], host, port, config))
+            await trio.sleep(PAUSE)
+
+    async with trio.open_nursery() as nursery:
+        for k in range(config["slots"]):
+            nursery.start_soon(slot, k)
+    return runs
+
+
+if __name__ == "__main__":
+    settings = json.loads(sys.argv[1])
+    finished = trio.run(main, settings)
+    print(json.dumps({"event": "result", "runs": [asdict(r) for r in finished]}), flush=True)
