@@ -125,6 +125,13 @@ async def _accept_at_the_limit(
         reserve.release()
         try:
             stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in OUT_OF_DESCRIPTORS + OUT_OF_MEMORY:
+                raise
+            # Another thread took the descriptor just released: try again later.
+            reserve.take()
+            await trio.sleep(RETRY_DELAY)
+            return None
         finally:
             # A client may have left while we waited: then there is room again.
             room = reserve.take()
