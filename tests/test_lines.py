@@ -7,19 +7,45 @@ characters cut across chunks, over-long lines skipped and counted once each (at,
 just over and around the limit, with ``\\r``, spanning many chunks), the lines
 after them still flowing, and the memory bound (``buffered <= max_line_size + 1``
 after every ``feed()``). Hypothesis checks, for any input and any chunking, that
-the result equals a straightforward whole-input oracle.
+the result equals a whole-input oracle and an oracle built from known lines, that
+every ``feed()`` returns exactly the lines completed so far, and that the buffer
+stays within its bound after every read (see the properties section).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable, Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
 from trio_broadcast.lines import LineSplitter, Split
+
+# Hypothesis budget. Each property runs the examples its @budget names, which keeps
+# the default suite fast. HYPOTHESIS_PROFILE=long runs every property of this file
+# (and of test_fanout.py) 5000 times instead, to shake out rare cases:
+#     HYPOTHESIS_PROFILE=long pytest tests/test_lines.py tests/test_fanout.py
+# Any other profile name registered with Hypothesis works the same way.
+try:
+    settings.get_profile("long")
+except InvalidArgument:
+    settings.register_profile("long", max_examples=5000)
+
+
+def budget(max_examples: int, deadline_ms: int = 1000) -> settings:
+    """Settings for one property: ``max_examples`` examples, or the selected profile's.
+
+    The deadline is far above the time an example takes (well under a
+    millisecond here): it is there to catch a hang, not to measure speed.
+    """
+    profile = os.environ.get("HYPOTHESIS_PROFILE")
+    if profile:
+        return settings(settings.get_profile(profile), deadline=deadline_ms)
+    return settings(max_examples=max_examples, deadline=deadline_ms)
 
 
 def reference(data: bytes, max_line_size: int) -> tuple[list[str], int]:
@@ -294,6 +320,11 @@ def test_max_line_size_one() -> None:
 
 
 # ---------------------------------------------------------------- properties
+#
+# Each property states one rule of the module docstring for any input and any
+# chunking. Two oracles are used, so that a mistake shared by the splitter and one
+# oracle still shows: reference() splits the whole input at once, and
+# test_lines_built_from_parts_come_back_decoded builds the input from known lines.
 
 TOKENS = st.sampled_from(
     [
@@ -316,20 +347,59 @@ STREAMS = st.one_of(
 )
 LIMITS = st.integers(min_value=1, max_value=12)
 
+CONTENT_TOKENS = st.sampled_from(
+    [
+        b"\r",
+        b"a",
+        b"bc",
+        b"\xc3\xa9",  # é
+        b"\xe2\x82\xac",  # €
+        b"\xf0\x9f\x98\x80",  # 😀
+        b"\xff",  # never valid
+        b"\xe2\x82",  # truncated three-byte sequence
+        b"\xf0\x9f",  # truncated four-byte sequence
+        b"\x80",  # stray continuation byte
+        b"\xc0\xaf",  # overlong encoding
+        b"\xed\xa0\x80",  # UTF-16 surrogate
+        b"\xf4\x90\x80\x80",  # above U+10FFFF
+    ]
+)
+CONTENTS = st.lists(
+    st.one_of(CONTENT_TOKENS, st.binary(max_size=5).map(lambda raw: raw.replace(b"\n", b""))),
+    max_size=6,
+).map(b"".join)
+"""What goes between two newlines: anything but ``b"\\n"``, often invalid UTF-8."""
 
-@settings(max_examples=300, deadline=None)
+CHUNKS = st.lists(
+    st.one_of(
+        STREAMS,
+        st.just(b""),
+        st.binary(min_size=20, max_size=60),
+        st.integers(1, 30).map(lambda n: b"x" * n),  # a line growing over many reads
+    ),
+    max_size=12,
+)
+
+
+@budget(300)
 @given(data=STREAMS, max_line_size=LIMITS, draw=st.data())
 def test_any_chunking_matches_the_oracle(
     data: bytes, max_line_size: int, draw: st.DataObject
 ) -> None:
+    """Any input, cut anywhere (empty chunks included), splits like the whole-input oracle.
+
+    The reader hands the splitter whatever a read returned; where the cuts fall
+    must not change a line, a decoding or a count.
+    """
     points = draw.draw(st.lists(st.integers(0, len(data)), max_size=12), label="cuts")
     expected = reference(data, max_line_size)
     assert run(max_line_size, cut(data, points)) == expected
 
 
-@settings(max_examples=100, deadline=None)
+@budget(100)
 @given(data=STREAMS, max_line_size=LIMITS)
 def test_result_is_independent_of_chunking(data: bytes, max_line_size: int) -> None:
+    """Whole, byte by byte and in fixed-size chunks, the result is the same (no oracle needed)."""
     whole = run(max_line_size, [data])
     assert run(max_line_size, byte_by_byte(data)) == whole
     for size in (2, 3, 7):
@@ -337,13 +407,82 @@ def test_result_is_independent_of_chunking(data: bytes, max_line_size: int) -> N
         assert run(max_line_size, chunks) == whole
 
 
-@settings(max_examples=100, deadline=None)
+@budget(200)
 @given(
-    chunks=st.lists(st.one_of(STREAMS, st.binary(min_size=20, max_size=60)), max_size=10),
+    lines=st.lists(st.tuples(CONTENTS, st.sampled_from([b"\n", b"\r\n"])), max_size=6),
+    last=CONTENTS,
     max_line_size=LIMITS,
+    draw=st.data(),
 )
-def test_buffer_never_exceeds_the_bound(chunks: list[bytes], max_line_size: int) -> None:
+def test_lines_built_from_parts_come_back_decoded(
+    lines: list[tuple[bytes, bytes]], last: bytes, max_line_size: int, draw: st.DataObject
+) -> None:
+    """Known lines, joined and cut anywhere, come back as ``line.decode("utf-8", "replace")``.
+
+    The oracle here does not split anything: each line is built from its bytes and
+    its ending (``\\n`` or ``\\r\\n``), so the expected result follows from the
+    rules directly. The bytes are often invalid UTF-8 and the cuts often fall
+    inside a multibyte sequence; decoding must still be per line, exactly like
+    ``bytes.decode``, with one ``\\r`` stripped, over-long lines counted, and a
+    last line without a newline returned by ``end()`` (a lone ``\\r`` there is an
+    empty line; nothing at all is no line).
+    """
+    expected: list[str] = []
+    too_long = 0
+    raws = [
+        content if ending == b"\r\n" else content.removesuffix(b"\r") for content, ending in lines
+    ]
+    if last:
+        raws.append(last.removesuffix(b"\r"))
+    for raw in raws:
+        if len(raw) > max_line_size:
+            too_long += 1
+        else:
+            expected.append(raw.decode("utf-8", errors="replace"))
+    data = b"".join(content + ending for content, ending in lines) + last
+    points = draw.draw(st.lists(st.integers(0, len(data)), max_size=10), label="cuts")
+    assert run(max_line_size, cut(data, points)) == (expected, too_long)
+    assert run(max_line_size, byte_by_byte(data)) == (expected, too_long)
+
+
+@budget(200)
+@given(chunks=CHUNKS, max_line_size=LIMITS)
+def test_every_feed_returns_what_it_completes_and_holds_at_most_one_line(
+    chunks: list[bytes], max_line_size: int
+) -> None:
+    """After every ``feed()``: exactly the lines completed so far, and a bounded buffer.
+
+    * the lines returned so far are those of the input up to its last newline:
+      nothing is held back once its newline has arrived, nothing is returned early;
+    * ``buffered`` (the only bytes the splitter keeps between calls) never exceeds
+      ``max_line_size + 1``, whatever the size of the reads: a line that cannot
+      fit any more is discarded as it arrives. Below the limit, all of the
+      unfinished line is kept, since it may still become a line;
+    * an over-long line is counted once, and at the latest when its bytes are
+      discarded (never for a line that may still fit).
+    """
     splitter = LineSplitter(max_line_size)
+    seen = b""
+    lines: list[str] = []
+    too_long = 0
     for chunk in chunks:
-        splitter.feed(chunk)
+        split = splitter.feed(chunk)
+        seen += chunk
+        lines += split.lines
+        too_long += split.too_long
+        head = seen[: seen.rfind(b"\n") + 1]  # the complete lines so far
+        pending = len(seen) - len(head)  # bytes of the line not ended yet
+        done_lines, done_too_long = reference(head, max_line_size)
+        assert lines == done_lines
         assert splitter.buffered <= max_line_size + 1
+        if pending <= max_line_size:
+            assert splitter.buffered == pending
+            assert too_long == done_too_long
+        elif pending > max_line_size + 1:
+            assert splitter.buffered == 0
+            assert too_long == done_too_long + 1
+        else:  # max_line_size + 1: over unless it ends in the \r that is stripped
+            assert too_long in (done_too_long, done_too_long + 1)
+    final = splitter.end()
+    assert splitter.buffered == 0
+    assert (lines + final.lines, too_long + final.too_long) == reference(seen, max_line_size)

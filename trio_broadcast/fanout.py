@@ -98,8 +98,11 @@ class Subscription(Generic[T]):
         delivered, and :class:`Overflow` if this subscriber was cut off.
         """
         if self._backlog:
+            # As a trio receive does: a cancelled call takes nothing (the history
+            # stays for the next one), and one that takes cannot be cancelled.
+            await trio.lowlevel.checkpoint_if_cancelled()
             messages, self._backlog = self._backlog, []
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             # Calling receive() again means the last batch has been dealt with.
             self._clear = self._receive.statistics().current_buffer_used == 0
