@@ -1000,13 +1000,8 @@ async def test_client_protocol_errors_end_only_that_connection() -> None:
             await stop(process)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on a protocol error (here invalid UTF-8 in a text message) the server drops the "
-    "TCP connection without the close frame (1007) that RFC 6455 7.1.7 says it SHOULD send, "
-    "and logs it as 'connection ended with 1007'",
-)
 async def test_invalid_utf8_from_a_client_gets_close_1007() -> None:
+    """RFC 6455 7.1.7: the close frame first (frame_writer.close_on_protocol_errors)."""
     with trio.fail_after(10):
         async with running_command() as process:
             bad = await RawClient.handshake(url_port(process.url))

@@ -23,9 +23,12 @@ import trustme
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
 )
 
 from trio_broadcast import Config, OnFull, Server, StartupError, serve
+from trio_broadcast.frame_writer import close_on_protocol_errors
 
 from .conftest import LineFeed, running_server, wait_until, ws_client
 
@@ -241,6 +244,62 @@ async def test_an_oversized_message_closes_with_1009() -> None:
         ):
             await ws.send_message("z" * 101)
             assert await close_code(ws) == 1009
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (bytes([0x81, 0x82]) + bytes(4) + b"\xff\xfe", 1007),
+        (b"\x81\x02hi", 1002),
+        (bytes([0x83, 0x81]) + bytes(4) + b"x", 1002),
+        (bytes([0x88, 0x82]) + bytes(4) + struct.pack("!H", 999), 1002),
+    ],
+    ids=["invalid-utf8", "unmasked", "reserved-opcode", "bad-close-code"],
+)
+async def test_a_protocol_error_gets_a_close_frame_with_its_code(frame: bytes, code: int) -> None:
+    """wsproto reports the error as a close in state OPEN; the server still answers it.
+
+    The frame follows the 101 at once, before the client's task may have
+    started: the server installs the fix on the request, before accepting.
+    """
+    with trio.fail_after(10):
+        async with running_server() as server:
+            stream = await raw_websocket(server)
+            await stream.send_all(frame)
+            received = b""
+            while chunk := await stream.receive_some():
+                received += chunk
+            await stream.aclose()
+            # One unmasked close frame, then the end of the connection.
+            assert received[0] == 0x88, received
+            assert received[1] == len(received) - 2, received
+            assert struct.unpack("!H", received[2:4]) == (code,)
+            await wait_until(lambda: server.clients == 0)
+
+
+async def test_close_on_protocol_errors_on_the_request_covers_the_first_frame() -> None:
+    """Installed before the 101, no frame can be parsed without it; a second call is a no-op."""
+
+    async def handler(request: WebSocketRequest) -> None:
+        close_on_protocol_errors(request)
+        ws = await request.accept()
+        close_on_protocol_errors(ws)
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            await stream.send_all(upgrade_request())
+            assert (await read_head(stream)).startswith(b"HTTP/1.1 101")
+            await stream.send_all(bytes([0x81, 0x82]) + bytes(4) + b"\xff\xfe")
+            received = b""
+            while chunk := await stream.receive_some():
+                received += chunk
+            await stream.aclose()
+            assert received[:4] == b"\x88" + bytes([len(received) - 2]) + b"\x03\xef"  # 1007
+            nursery.cancel_scope.cancel()
 
 
 # --- the handshake ------------------------------------------------------------

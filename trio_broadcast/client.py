@@ -38,7 +38,7 @@ from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from .config import Config
 from .counters import Counters
 from .fanout import Fanout, Overflow, Subscription
-from .frame_writer import FrameWriter
+from .frame_writer import FrameWriter, close_on_protocol_errors
 from .frames import message_frame
 
 log = logging.getLogger("trio_broadcast")
@@ -286,8 +286,13 @@ async def serve_client(
     stream: broadcast frames may be written to it directly, and it is closed
     at once when the connection must be dropped rather than closed.
     Closing takes at most ``config.close_timeout`` seconds in all. Messages
-    written are counted in ``counters``.
+    written are counted in ``counters``. A client that breaks the protocol gets
+    a close frame with 1002 or 1007 before its connection is dropped
+    (:func:`~trio_broadcast.frame_writer.close_on_protocol_errors`).
     """
+    # Does nothing if it was already called on the request, before the 101: the
+    # earlier the better, since a frame parsed before it gets no close frame.
+    close_on_protocol_errors(ws)
     sender = _Sender(ws, transport, config.send_timeout, counters or Counters())
     ending = GOING_AWAY
     subscription = hub.subscribe(deliver=sender.deliver_nowait)

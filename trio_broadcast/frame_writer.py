@@ -1,4 +1,5 @@
-"""The one place that reaches inside trio-websocket: writing encoded frames.
+"""The one place that reaches inside trio-websocket: writing encoded frames, and
+answering a client's protocol error with a close frame.
 
 trio-websocket's public ``send_message()`` encodes one message per call with
 wsproto and writes it with one ``send_all``. For fan-out that is the cost that
@@ -23,6 +24,11 @@ trio-websocket's reader task), and turns a broken stream into
 untouched: wsproto tracks outgoing state only inside fragmented messages,
 which this server never sends.
 
+:func:`close_on_protocol_errors` makes trio-websocket send the close frame
+(1002, 1007) that RFC 6455 7.1.7 says a server SHOULD send when a client breaks
+the protocol, instead of only dropping the TCP connection; its docstring says
+how.
+
 These are private attributes, so :func:`check_compatible` verifies them (and
 that no extension such as permessage-deflate was negotiated, which would make
 pre-encoded frames wrong) for every connection, and fails loudly if a
@@ -33,10 +39,12 @@ range in ``pyproject.toml`` (``trio-websocket>=0.12,<0.13``).
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 
 import trio
-from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
-from wsproto.connection import ConnectionState
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, WebSocketRequest
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import CloseConnection, Event
 
 
 class IncompatibleWebSocket(RuntimeError):
@@ -50,7 +58,9 @@ def check_compatible(ws: WebSocketConnection) -> None:
         lock = ws._stream_lock
         protocol = ws._wsproto
         state = protocol.state
-        extensions = protocol.connection._proto.extensions  # type: ignore[union-attr]
+        connection = protocol.connection
+        extensions = connection._proto.extensions  # type: ignore[union-attr]
+        connection_state = connection._state  # type: ignore[union-attr]
         ws._close_reason  # noqa: B018 - probing that the attribute exists
     except AttributeError as exc:
         raise IncompatibleWebSocket(
@@ -59,12 +69,70 @@ def check_compatible(ws: WebSocketConnection) -> None:
         ) from None
     if not isinstance(stream, trio.abc.SendStream) or not isinstance(lock, trio.StrictFIFOLock):
         raise IncompatibleWebSocket("trio-websocket's stream or stream lock changed type")
-    if not isinstance(state, ConnectionState):
+    if not isinstance(state, ConnectionState) or not isinstance(connection_state, ConnectionState):
         raise IncompatibleWebSocket("wsproto's connection state changed type")
+    if not isinstance(connection, Connection):
+        raise IncompatibleWebSocket("wsproto's connection changed type")
     if extensions:
         raise IncompatibleWebSocket(
             f"extensions were negotiated ({extensions!r}); pre-encoded frames would be wrong"
         )
+
+
+def close_on_protocol_errors(target: WebSocketConnection | WebSocketRequest) -> None:
+    """Answer a client's protocol error with a close frame carrying wsproto's code.
+
+    When a client breaks the protocol (invalid UTF-8 in a text message: 1007;
+    an unmasked frame, a reserved opcode or bit, a fragmented or oversized
+    control frame, a bad close frame: 1002), wsproto's ``events()`` reports the
+    parse failure as a ``CloseConnection`` event with that code, while its state
+    stays ``OPEN``. A close frame actually received moves the state to
+    ``REMOTE_CLOSING`` before its event is yielded, and that is the only state in
+    which trio-websocket's reader answers with a close frame; otherwise it just
+    closes the TCP connection, so the client saw 1006 (no close frame) where RFC
+    6455 7.1.7 says the server SHOULD send the code first.
+
+    This wraps the connection's ``events()`` so that a ``CloseConnection`` still
+    seen in state ``OPEN`` (a parse failure: nothing else yields one) finds the
+    state ``REMOTE_CLOSING``. trio-websocket then does what it does for a
+    client's close: it sets the close reason (so that nothing is written after
+    it), sends the close frame with the code and wsproto's reason under the
+    stream lock, and closes the TCP connection; the client's task sees
+    ``ConnectionClosed`` with that code. The close frame is written by
+    trio-websocket's reader task, at the point where it dropped the connection
+    before, so nothing new can block or be cancelled here. Should wsproto stop
+    keeping its state in ``_state``, the assignment changes nothing and the
+    connection is dropped as before (and :func:`check_compatible` fails loudly).
+
+    Call it on the request, before accepting the handshake: frames are parsed
+    from the 101 on, and one parsed before this call is dropped without a close
+    frame. :func:`~trio_broadcast.client.serve_client` calls it on the accepted
+    connection too (a second call does nothing), which covers every frame that
+    arrives once it has started.
+
+    Upstream: wsproto could raise ``RemoteProtocolError`` with the close as its
+    ``event_hint``, which trio-websocket already sends
+    (https://github.com/python-hyper/wsproto/pull/100, open); trio-websocket's
+    close paths are tracked in https://github.com/python-trio/trio-websocket/issues/90.
+    """
+    ws = target._connection if isinstance(target, WebSocketRequest) else target
+    protocol = ws._wsproto
+    if "events" in vars(protocol):  # already wrapped
+        return
+    parse = protocol.events
+
+    def events() -> Generator[Event, None, None]:
+        for event in parse():
+            connection = protocol.connection
+            if (
+                isinstance(event, CloseConnection)
+                and connection is not None
+                and connection.state is ConnectionState.OPEN
+            ):
+                connection._state = ConnectionState.REMOTE_CLOSING
+            yield event
+
+    protocol.events = events  # type: ignore[method-assign]
 
 
 class FrameWriter:

@@ -53,6 +53,7 @@ from .client import GOING_AWAY, Report, serve_client
 from .config import Config
 from .counters import Counters
 from .fanout import Fanout
+from .frame_writer import close_on_protocol_errors
 from .frames import encode_lines
 from .handshake import (
     BadRequest,
@@ -328,6 +329,8 @@ class Server:
                     ReplayStream(stream, head.raw),
                     max_message_size=config.max_message_size,
                 )
+                # Before the 101, so that no frame of the client's is parsed without it.
+                close_on_protocol_errors(request)
                 ws = await request.accept()
                 self.counters.connections[ACCEPTED] += 1
             finally:
