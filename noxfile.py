@@ -1,7 +1,7 @@
 """Developer sessions. ``python3 -m nox`` runs lint, typecheck, tests, browser, redis,
-a smoke run of the benchmark (``bench_quick``) and the short forms of the fault storm
-and the soak (``faults_quick``, ``soak_quick``); ``nox -s bench faults soak`` are the
-full ones.
+a smoke run of the benchmark (``bench_quick``), the Autobahn conformance run
+(``conformance``) and the short forms of the fault storm and the soak
+(``faults_quick``, ``soak_quick``); ``nox -s bench faults soak`` are the full ones.
 
 Each session installs the package from this checkout into its own virtualenv,
 so the tests exercise the installed ``trio-broadcast`` command, as a user gets it.
@@ -23,6 +23,7 @@ nox.options.sessions = [
     "browser",
     "redis",
     "bench_quick",
+    "conformance",
     "faults_quick",
     "soak_quick",
 ]
@@ -119,10 +120,12 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package, the tests and this file."""
+    """mypy --strict on the package, the tests, conformance/, bench/ and this file."""
     # With the redis extra, so that coredis's own types are checked against.
     session.install(".[redis]", *TYPE_DEPS)
-    session.run("mypy", "--strict", "trio_broadcast", "tests", "noxfile.py")
+    session.run(
+        "mypy", "--strict", "trio_broadcast", "tests", "noxfile.py", "conformance", "bench"
+    )
 
 
 BENCH_DEPS = ["websockets>=15", "trio>=0.25"]
@@ -182,3 +185,28 @@ def _run_load_script(session: nox.Session, script: str, *args: str, node: bool =
         session.error(f"{script} needs Node.js and npm on PATH (its well-behaved clients)")
     session.install(".", *BENCH_DEPS)
     session.run("python", script, *args, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def conformance(session: nox.Session) -> None:
+    """Autobahn|Testsuite's fuzzing client (``wstest -m fuzzingclient``) against the echo.
+
+    Every RFC 6455 case but 12.* and 13.* (permessage-deflate, not offered);
+    fails on a FAILED case in groups 1-11. The report goes to
+    ``conformance/reports/``. ``nox -s conformance -- --cases '6.*'`` runs a
+    subset (see ``python conformance/autobahn.py --help``).
+
+    wstest (PyPI's autobahntestsuite 0.8.2) runs on Python 2.7 only, which
+    bookworm lacks, so conformance/autobahn.py builds one in nox's shared cache
+    (``.nox/.cache/autobahn/``, reused across runs) from Debian bullseye's
+    packages (python2.7-minimal, libpython2.7-minimal, libpython2.7-stdlib,
+    libpython2.7-dev, libssl1.1, libffi7; InRelease checked with gpgv, every
+    file with its SHA-256; unpacked with ``dpkg-deb -x``), then PyPI's pip
+    20.3.4, setuptools 44.1.1, wheel 0.37.1 and autobahntestsuite with its
+    dependencies pinned to their last Python 2.7 releases. It needs gcc, gpgv
+    and debian-archive-keyring (all on Debian's standard developer machines),
+    and the system's Python and apt are left untouched.
+    """
+    session.install(".")
+    cache = session.cache_dir / "autobahn"
+    session.run("python", "conformance/autobahn.py", "--cache-dir", str(cache), *session.posargs)
