@@ -62,6 +62,23 @@ def tests(session: nox.Session) -> None:
     )
 
 
+FUZZ_SECONDS = "120"
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """The fuzz tests (tests/fuzz) for longer: 120 s, or TRIO_BROADCAST_FUZZ_SECONDS."""
+    session.install(".", *TEST_DEPS)
+    seconds = os.environ.get("TRIO_BROADCAST_FUZZ_SECONDS", FUZZ_SECONDS)
+    session.run(
+        "pytest",
+        "-s",
+        "tests/fuzz",
+        *session.posargs,
+        env={"TRIO_BROADCAST_FUZZ_SECONDS": seconds},
+    )
+
+
 @nox.session(python=PYTHON)
 def browser(session: nox.Session) -> None:
     """The live page in headless Chromium, driven by Playwright; saves docs/page.png."""

@@ -1,0 +1,157 @@
+"""Server bugs the fuzz sessions found, each as the smallest test that shows it.
+
+Each test is marked ``xfail(strict=True)`` until its fix lands: then it passes,
+the strict marker turns that into a failure, and the marker goes, together with
+what keeps the fuzz tests from finding the same bug again and again
+(``known_bug`` in ``test_handshake_fuzz.py``, ``KNOWN_BUG_LOGS`` in ``harness.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+import pytest
+import trio
+
+from trio_broadcast import Server
+
+from ..conftest import running_server, wait_until
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def upgrade(*headers: bytes, version: bytes = b"HTTP/1.1", host: bytes = b"127.0.0.1") -> bytes:
+    lines = [
+        b"GET / " + version,
+        *([b"Host: " + host] if host else []),
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: " + KEY,
+        b"Sec-WebSocket-Version: 13",
+        *headers,
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def exchange(server: Server, request: bytes, *, head_only: bool = False) -> bytes:
+    """Send ``request``; what the server sends until it closes (or ends a head)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(request)
+        received = b""
+        while not (head_only and b"\r\n\r\n" in received):
+            chunk = await stream.receive_some()
+            if not chunk:
+                break
+            received += chunk
+    return received
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+# wsproto, inside trio-websocket, decodes these headers as ASCII (the Host as
+# IDNA) and lets UnicodeError escape: the reader task dies, the server logs a
+# traceback for one bad request, and the client gets no answer at all.
+@pytest.mark.xfail(strict=True, reason="server bug: wsproto raises on non-ASCII headers")
+@pytest.mark.parametrize(
+    "request_",
+    [
+        upgrade(host=b"\xff"),
+        upgrade(host=b"xn--a"),  # ASCII, but not IDNA
+        upgrade(b"Connection: Upgrade, \xff"),
+        upgrade(b"Sec-WebSocket-Protocol: \xff"),
+        upgrade(b"Sec-WebSocket-Extensions: \xff"),
+    ],
+    ids=["host", "host-idna", "connection", "protocol", "extensions"],
+)
+async def test_a_header_wsproto_cannot_decode_gets_400_not_a_traceback(
+    request_: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(5):
+        async with running_server() as server:
+            answer = await exchange(server, request_)
+    assert not errors(caplog)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+# The server's own checks accept these upgrades, but wsproto refuses them: it
+# writes a bare 400 and trio-websocket closes the stream, while the server
+# still waits for the request inside wrap_server_stream() until the handshake
+# timeout, counting a client all that time. With --max-clients, one such
+# request every handshake timeout keeps every real client out (503).
+@pytest.mark.xfail(strict=True, reason="server bug: accepted upgrades that wsproto refuses")
+@pytest.mark.parametrize(
+    "request_",
+    [
+        upgrade(b"Upgrade: h2c"),  # wsproto reads the last Upgrade header only
+        upgrade(b"Connection: keep-alive"),  # and the last Connection header only
+        upgrade(version=b"HTTP/1.0", host=b""),  # h11 needs no Host for HTTP/1.0
+    ],
+    ids=["second-upgrade", "second-connection", "http-1.0-no-host"],
+)
+async def test_an_upgrade_wsproto_refuses_does_not_hold_a_client_slot(request_: bytes) -> None:
+    with trio.fail_after(5):
+        async with running_server(max_clients=1, handshake_timeout=10) as server:
+            answer = await exchange(server, request_)
+            assert answer.startswith(b"HTTP/1.1 4")
+            # Refused with 503 "too many clients" until the handshake timeout.
+            answer = await exchange(server, upgrade(), head_only=True)
+            assert answer.startswith(b"HTTP/1.1 101 "), answer
+
+
+def masked(opcode: int, payload: bytes) -> bytes:
+    """A client frame with an all-zero mask: the payload goes as it is."""
+    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + b"\x00" * 4 + payload
+
+
+async def websocket(server: Server) -> trio.SocketStream:
+    """A connection that completed the handshake (and sends nothing before the 101)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await stream.send_all(upgrade())
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += await stream.receive_some(1)
+    assert received.startswith(b"HTTP/1.1 101 ")
+    return stream
+
+
+# Once the server has sent its close frame (a message over max_message_size,
+# a shutdown, a client too slow), trio-websocket still answers a ping with a
+# pong, which wsproto refuses in the LOCAL_CLOSING state: the reader task
+# dies with LocalProtocolError and the server logs a traceback
+# (python-trio/trio-websocket#184, fix proposed in #198, not released).
+@pytest.mark.xfail(strict=True, reason="server bug: a ping during the close handshake")
+async def test_a_ping_after_an_oversized_message_is_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(5):
+        async with running_server(max_message_size=4) as server:
+            stream = await websocket(server)
+            async with stream:
+                # In one write, so that the server reads the ping after it sent 1009.
+                await stream.send_all(masked(0x1, b"hello") + masked(0x9, b"ping"))
+                while await stream.receive_some():
+                    pass
+            await wait_until(lambda: server.connections == 0)
+    assert not errors(caplog)
+
+
+@pytest.mark.xfail(strict=True, reason="server bug: a ping during the close handshake")
+async def test_a_ping_during_a_graceful_shutdown_is_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(5):
+        async with running_server() as server:
+            stream = await websocket(server)
+            async with stream:
+                await wait_until(lambda: server.clients == 1)
+                server.shutdown()
+                assert (await stream.receive_some()).startswith(b"\x88")  # the close frame
+                await stream.send_all(masked(0x9, b"ping"))
+                while await stream.receive_some():
+                    pass
+            await wait_until(lambda: server.connections == 0)
+    assert not errors(caplog)
