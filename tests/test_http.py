@@ -266,6 +266,9 @@ async def test_an_oversized_plain_request_gets_431() -> None:
 async def test_slow_headers_are_dropped_at_the_deadline() -> None:
     with trio.fail_after(10):
         async with running_server(handshake_timeout=0.5) as server:
+            # Before connecting: the server's clock for this connection starts
+            # when it accepts, which may come before open_tcp_stream returns.
+            started = trio.current_time()
             stream = await trio.open_tcp_stream("127.0.0.1", server.port)
             async with stream, trio.open_nursery() as nursery:
 
@@ -278,7 +281,6 @@ async def test_slow_headers_are_dropped_at_the_deadline() -> None:
                             await trio.sleep(0.05)
 
                 nursery.start_soon(trickle)
-                started = trio.current_time()
                 # Dropped: an end of stream, or a reset if a byte was still unread.
                 with contextlib.suppress(trio.BrokenResourceError):
                     assert await stream.receive_some() == b""
