@@ -23,6 +23,10 @@ import h11
 import trio
 
 RECEIVE_SIZE = 4096
+_ASCII_HEADERS = frozenset(
+    {"connection", "host", "upgrade", "sec-websocket-protocol", "sec-websocket-extensions"}
+)
+"""Headers that wsproto decodes as ASCII (or IDNA) without catching the error."""
 
 
 class BadRequest(Exception):
@@ -58,16 +62,47 @@ class RequestHead:
         """Whether the client asks to upgrade to WebSocket."""
         return "websocket" in self._tokens("upgrade")
 
+    def last(self, name: str) -> str | None:
+        """The value of the last header called ``name`` (lower-case), if any."""
+        for key, value in reversed(self.headers):
+            if key == name:
+                return value
+        return None
+
     def websocket_problem(self) -> str | None:
-        """Why this upgrade request would be refused by RFC 6455, or ``None``."""
+        """Why this upgrade request would be refused, or ``None``.
+
+        RFC 6455's rules, read the way wsproto reads them in trio-websocket
+        (which gets the request next): of a repeated Connection, Upgrade,
+        Sec-WebSocket-Version or -Key header the last one counts; these headers
+        and the subprotocols and extensions must be ASCII, and the Host a valid
+        IDNA name. A request that passed here and failed there would not get a
+        clear answer: wsproto raises on non-ASCII (a traceback in trio-websocket's
+        reader) and refuses the rest with a bare 400 while the handshake waits,
+        holding a client slot, until it times out.
+        """
         if self.method != "GET":
             return f"a WebSocket handshake must use GET, not {self.method}"
-        if "upgrade" not in self._tokens("connection"):
+        for key, value in self.headers:
+            if key in _ASCII_HEADERS and not value.isascii():
+                return f"the {key} header must be ASCII"
+        connection = self.last("connection") or ""
+        if "upgrade" not in {token.strip().lower() for token in connection.split(",")}:
             return "the Connection header must include 'upgrade'"
-        if self.header("sec-websocket-version") != "13":
+        if (self.last("upgrade") or "").strip().lower() != "websocket":
+            return "the Upgrade header must be 'websocket'"
+        if self.last("sec-websocket-version") != "13":
             return "only WebSocket version 13 is supported"
-        if not self.header("sec-websocket-key"):
+        if not self.last("sec-websocket-key"):
             return "the Sec-WebSocket-Key header is missing"
+        hosts = [value for key, value in self.headers if key == "host"]
+        if not hosts:
+            return "the Host header is missing"
+        for host in hosts:
+            try:
+                host.encode("ascii").decode("idna")
+            except UnicodeError:
+                return "the Host header is not a valid host name"
         return None
 
 

@@ -326,12 +326,6 @@ class Fuzzer:
             self.result.known_bugs += 1
             self._dirty = True
 
-    def skip_known_bug(self) -> None:
-        """Count an example that is not run: it would only find a known bug again."""
-        if self._failing or not self._spent(start=True):
-            self.result.examples += 1
-            self.result.known_bugs += 1
-
     async def _example(self, example: Callable[[Fuzzer], Awaitable[None]]) -> bool:
         """Run one example and judge it; ``True`` if it only found a known bug again."""
         if self._dirty:

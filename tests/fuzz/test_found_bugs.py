@@ -53,9 +53,9 @@ def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 # wsproto, inside trio-websocket, decodes these headers as ASCII (the Host as
-# IDNA) and lets UnicodeError escape: the reader task dies, the server logs a
-# traceback for one bad request, and the client gets no answer at all.
-@pytest.mark.xfail(strict=True, reason="server bug: wsproto raises on non-ASCII headers")
+# IDNA) and lets UnicodeError escape: the reader task died, the server logged a
+# traceback for one bad request, and the client got no answer at all. Fixed by
+# checking them first (RequestHead.websocket_problem).
 @pytest.mark.parametrize(
     "request_",
     [
@@ -77,12 +77,12 @@ async def test_a_header_wsproto_cannot_decode_gets_400_not_a_traceback(
     assert answer.startswith(b"HTTP/1.1 400 ")
 
 
-# The server's own checks accept these upgrades, but wsproto refuses them: it
+# The server's own checks accepted these upgrades, but wsproto refuses them: it
 # writes a bare 400 and trio-websocket closes the stream, while the server
-# still waits for the request inside wrap_server_stream() until the handshake
+# waited for the request inside wrap_server_stream() until the handshake
 # timeout, counting a client all that time. With --max-clients, one such
-# request every handshake timeout keeps every real client out (503).
-@pytest.mark.xfail(strict=True, reason="server bug: accepted upgrades that wsproto refuses")
+# request every handshake timeout kept every real client out (503). Fixed by
+# reading the headers as wsproto does (RequestHead.websocket_problem).
 @pytest.mark.parametrize(
     "request_",
     [

@@ -17,9 +17,6 @@ plain HTTP routes; 400 or 431 for a malformed request; never another 5xx than
 h11's 501 for a Transfer-Encoding it does not implement), no traceback, and
 the connection closed after any answer but a 101. A request ended by a
 half-close must get an answer (unless the server reset the connection).
-
-Requests that would only find again the bug shown in ``test_found_bugs.py``
-are skipped, and counted in the summary (:func:`known_bug`).
 """
 
 from __future__ import annotations
@@ -28,17 +25,10 @@ import itertools
 import re
 from dataclasses import dataclass
 
-import h11
 import pytest
 import trio
-from hypothesis import given, reject
+from hypothesis import given
 from hypothesis import strategies as st
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import Request
-
-from trio_broadcast import Config
-from trio_broadcast.access import check_handshake
-from trio_broadcast.handshake import RequestHead
 
 from .harness import (
     BATCH,
@@ -344,47 +334,9 @@ async def exchange(fuzz: Fuzzer, attempt: Attempt) -> None:
     check_answer(attempt, all_sent, received)
 
 
-def known_bug(data: bytes) -> bool:
-    """Whether ``data`` only finds again the bug that ``test_found_bugs.py`` shows.
-
-    The server's own checks accept the upgrade, but wsproto refuses it (the
-    server then waits out its handshake timeout) or raises on it (the server
-    logs a traceback). Once the server refuses such requests itself, this is
-    never true; then delete it.
-    """
-    parser = h11.Connection(h11.SERVER)
-    parser.receive_data(data)
-    try:
-        event = parser.next_event()
-    except h11.RemoteProtocolError:
-        return False
-    if not isinstance(event, h11.Request):
-        return False
-    head = RequestHead(
-        method=event.method.decode("ascii", errors="replace"),
-        target=event.target.decode("ascii", errors="replace"),
-        headers=tuple(
-            (name.decode("ascii").lower(), value.decode("latin-1"))
-            for name, value in event.headers
-        ),
-        raw=data,
-    )
-    if not head.is_websocket or check_handshake(head, Config()) is not None:
-        return False
-    websocket = WSConnection(ConnectionType.SERVER)
-    try:
-        websocket.receive_data(data)
-        return not any(isinstance(event, Request) for event in websocket.events())
-    except Exception:
-        return True
-
-
 @BATCH
 @given(attempt=attempts())
 def check_attempt(fuzz: Fuzzer, attempt: Attempt) -> None:
-    if known_bug(attempt.data):
-        fuzz.skip_known_bug()
-        reject()
     fuzz.run(lambda fuzz: exchange(fuzz, attempt))
 
 
