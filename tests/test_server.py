@@ -28,7 +28,7 @@ from trio_websocket import (
 )
 
 from trio_broadcast import Config, OnFull, Server, StartupError, serve
-from trio_broadcast.frame_writer import close_on_protocol_errors
+from trio_broadcast.frame_writer import fix_close_handling
 
 from .conftest import LineFeed, running_server, wait_until, ws_client
 
@@ -277,13 +277,13 @@ async def test_a_protocol_error_gets_a_close_frame_with_its_code(frame: bytes, c
             await wait_until(lambda: server.clients == 0)
 
 
-async def test_close_on_protocol_errors_on_the_request_covers_the_first_frame() -> None:
+async def test_fix_close_handling_on_the_request_covers_the_first_frame() -> None:
     """Installed before the 101, no frame can be parsed without it; a second call is a no-op."""
 
     async def handler(request: WebSocketRequest) -> None:
-        close_on_protocol_errors(request)
+        fix_close_handling(request)
         ws = await request.accept()
-        close_on_protocol_errors(ws)
+        fix_close_handling(ws)
         with pytest.raises(ConnectionClosed):
             await ws.get_message()
 

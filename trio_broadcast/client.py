@@ -38,7 +38,7 @@ from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from .config import Config
 from .counters import Counters
 from .fanout import Fanout, Overflow, Subscription
-from .frame_writer import FrameWriter, close_on_protocol_errors
+from .frame_writer import FrameWriter, fix_close_handling
 from .frames import message_frame
 
 log = logging.getLogger("trio_broadcast")
@@ -288,11 +288,11 @@ async def serve_client(
     Closing takes at most ``config.close_timeout`` seconds in all. Messages
     written are counted in ``counters``. A client that breaks the protocol gets
     a close frame with 1002 or 1007 before its connection is dropped
-    (:func:`~trio_broadcast.frame_writer.close_on_protocol_errors`).
+    (:func:`~trio_broadcast.frame_writer.fix_close_handling`).
     """
     # Does nothing if it was already called on the request, before the 101: the
     # earlier the better, since a frame parsed before it gets no close frame.
-    close_on_protocol_errors(ws)
+    fix_close_handling(ws)
     sender = _Sender(ws, transport, config.send_timeout, counters or Counters())
     ending = GOING_AWAY
     subscription = hub.subscribe(deliver=sender.deliver_nowait)

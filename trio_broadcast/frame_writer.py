@@ -24,10 +24,10 @@ trio-websocket's reader task), and turns a broken stream into
 untouched: wsproto tracks outgoing state only inside fragmented messages,
 which this server never sends.
 
-:func:`close_on_protocol_errors` makes trio-websocket send the close frame
-(1002, 1007) that RFC 6455 7.1.7 says a server SHOULD send when a client breaks
-the protocol, instead of only dropping the TCP connection; its docstring says
-how.
+:func:`fix_close_handling` makes trio-websocket send the close frame (1002,
+1007) that RFC 6455 7.1.7 says a server SHOULD send when a client breaks the
+protocol, instead of only dropping the TCP connection, and keeps it from
+answering a ping after its own close frame; its docstring says how.
 
 These are private attributes, so :func:`check_compatible` verifies them (and
 that no extension such as permessage-deflate was negotiated, which would make
@@ -44,7 +44,7 @@ from collections.abc import Generator
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, WebSocketRequest
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import CloseConnection, Event
+from wsproto.events import CloseConnection, Event, Ping
 
 
 class IncompatibleWebSocket(RuntimeError):
@@ -79,8 +79,8 @@ def check_compatible(ws: WebSocketConnection) -> None:
         )
 
 
-def close_on_protocol_errors(target: WebSocketConnection | WebSocketRequest) -> None:
-    """Answer a client's protocol error with a close frame carrying wsproto's code.
+def fix_close_handling(target: WebSocketConnection | WebSocketRequest) -> None:
+    """Answer a client's protocol error with a close frame, and ignore late pings.
 
     When a client breaks the protocol (invalid UTF-8 in a text message: 1007;
     an unmasked frame, a reserved opcode or bit, a fragmented or oversized
@@ -104,6 +104,13 @@ def close_on_protocol_errors(target: WebSocketConnection | WebSocketRequest) -> 
     keeping its state in ``_state``, the assignment changes nothing and the
     connection is dropped as before (and :func:`check_compatible` fails loudly).
 
+    It also drops a ping that arrives after the server has sent its close
+    frame (a shutdown, a 1009, a client cut off): trio-websocket answers every
+    ping with a pong, wsproto refuses to send one in ``LOCAL_CLOSING``, and the
+    reader task died with ``LocalProtocolError`` and a logged traceback
+    (https://github.com/python-trio/trio-websocket/issues/184). No pong is owed:
+    after its close frame an endpoint sends nothing more (RFC 6455 5.5.1).
+
     Call it on the request, before accepting the handshake: frames are parsed
     from the 101 on, and one parsed before this call is dropped without a close
     frame. :func:`~trio_broadcast.client.serve_client` calls it on the accepted
@@ -124,12 +131,11 @@ def close_on_protocol_errors(target: WebSocketConnection | WebSocketRequest) -> 
     def events() -> Generator[Event, None, None]:
         for event in parse():
             connection = protocol.connection
-            if (
-                isinstance(event, CloseConnection)
-                and connection is not None
-                and connection.state is ConnectionState.OPEN
-            ):
-                connection._state = ConnectionState.REMOTE_CLOSING
+            state = None if connection is None else connection.state
+            if isinstance(event, CloseConnection) and state is ConnectionState.OPEN:
+                connection._state = ConnectionState.REMOTE_CLOSING  # type: ignore[union-attr]
+            elif isinstance(event, Ping) and state is ConnectionState.LOCAL_CLOSING:
+                continue  # our close frame is out: no pong may follow it
             yield event
 
     protocol.events = events  # type: ignore[method-assign]

@@ -53,7 +53,7 @@ from .client import GOING_AWAY, Report, serve_client
 from .config import Config
 from .counters import Counters
 from .fanout import Fanout
-from .frame_writer import close_on_protocol_errors
+from .frame_writer import fix_close_handling
 from .frames import encode_lines
 from .handshake import (
     BadRequest,
@@ -330,7 +330,7 @@ class Server:
                     max_message_size=config.max_message_size,
                 )
                 # Before the 101, so that no frame of the client's is parsed without it.
-                close_on_protocol_errors(request)
+                fix_close_handling(request)
                 ws = await request.accept()
                 self.counters.connections[ACCEPTED] += 1
             finally:

@@ -102,16 +102,6 @@ BATCH = settings(
 )
 """Settings of one batch: :meth:`Fuzzer.drive` runs batches until the budget is spent."""
 
-KNOWN_BUG_LOGS = (
-    # trio-websocket answers a ping with a pong even once the server has sent
-    # its close frame; wsproto refuses, and the reader task dies with a
-    # traceback (python-trio/trio-websocket#184). test_found_bugs.py shows it.
-    "cannot be sent in state ConnectionState.LOCAL_CLOSING",
-)
-"""Tracebacks of server bugs already known: an example that logs one is not judged.
-
-Each has its own failing test in ``test_found_bugs.py``; delete it with the fix.
-"""
 
 IGNORE_RANDOM_IN_OTHER_THREADS = pytest.mark.filterwarnings(
     "ignore:Do not use the `random` module inside strategies"
@@ -146,14 +136,11 @@ class FuzzResult:
     examples: int = 0
     batches: int = 0
     seconds: float = 0.0
-    known_bugs: int = 0
-    """Examples that only found again a bug of ``test_found_bugs.py``, and were not judged."""
 
     def __str__(self) -> str:
         rate = self.examples / self.seconds if self.seconds else 0.0
-        known = f", {self.known_bugs} of them on known bugs" if self.known_bugs else ""
         return (
-            f"{self.name}: {self.examples} examples{known} in {self.batches} Hypothesis runs, "
+            f"{self.name}: {self.examples} examples in {self.batches} Hypothesis runs, "
             f"{self.seconds:.1f} s of a {self.budget:g} s budget ({rate:.0f} examples/s; "
             f"{BUDGET_VARIABLE} sets the budget of all fuzz tests)"
         )
@@ -214,13 +201,6 @@ class _ErrorLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno >= logging.ERROR or record.exc_info:
             self.records.append(record)
-
-    def known_bug(self) -> bool:
-        """Whether a known bug was logged; if so, forget every record."""
-        if any(sign in self.format(record) for record in self.records for sign in KNOWN_BUG_LOGS):
-            self.records.clear()
-            return True
-        return False
 
     def check(self) -> None:
         records, self.records = self.records, []
@@ -317,17 +297,14 @@ class Fuzzer:
             return  # the budget is spent: let the batch finish at once
         self.result.examples += 1
         try:
-            known_bug = trio.from_thread.run(self._example, example)
+            trio.from_thread.run(self._example, example)
         except Exception:
             self._failing = True  # from now on, shrink and replay for real
             self._dirty = True
             raise
-        if known_bug:
-            self.result.known_bugs += 1
-            self._dirty = True
 
-    async def _example(self, example: Callable[[Fuzzer], Awaitable[None]]) -> bool:
-        """Run one example and judge it; ``True`` if it only found a known bug again."""
+    async def _example(self, example: Callable[[Fuzzer], Awaitable[None]]) -> None:
+        """Run one example and judge it."""
         if self._dirty:
             # The last example failed and may have left anything behind: wait
             # for the server to be back to one client, and start afresh.
@@ -341,15 +318,10 @@ class Fuzzer:
                 await example(self)
             await self._settled()
         except Exception:
-            if self._errors.known_bug():
-                return True  # whatever followed from it too
             self._errors.check()  # an error the server logged explains more
             raise
-        if self._errors.known_bug():
-            return True
         self._errors.check()
         await self._good_client_receives()
-        return False
 
     async def _settled(self) -> None:
         server = self.server

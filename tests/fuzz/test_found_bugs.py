@@ -1,9 +1,6 @@
 """Server bugs the fuzz sessions found, each as the smallest test that shows it.
 
-Each test is marked ``xfail(strict=True)`` until its fix lands: then it passes,
-the strict marker turns that into a failure, and the marker goes, together with
-what keeps the fuzz tests from finding the same bug again and again
-(``known_bug`` in ``test_handshake_fuzz.py``, ``KNOWN_BUG_LOGS`` in ``harness.py``).
+Each was a strict xfail until its fix landed; they stay as regression tests.
 """
 
 from __future__ import annotations
@@ -121,9 +118,9 @@ async def websocket(server: Server) -> trio.SocketStream:
 # Once the server has sent its close frame (a message over max_message_size,
 # a shutdown, a client too slow), trio-websocket still answers a ping with a
 # pong, which wsproto refuses in the LOCAL_CLOSING state: the reader task
-# dies with LocalProtocolError and the server logs a traceback
+# died with LocalProtocolError and the server logged a traceback
 # (python-trio/trio-websocket#184, fix proposed in #198, not released).
-@pytest.mark.xfail(strict=True, reason="server bug: a ping during the close handshake")
+# Fixed by dropping such pings (frame_writer.fix_close_handling).
 async def test_a_ping_after_an_oversized_message_is_no_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -139,7 +136,6 @@ async def test_a_ping_after_an_oversized_message_is_no_error(
     assert not errors(caplog)
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: a ping during the close handshake")
 async def test_a_ping_during_a_graceful_shutdown_is_no_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
