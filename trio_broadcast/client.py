@@ -28,6 +28,7 @@ time, or dropped if the peer does not cooperate.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -92,7 +93,7 @@ class _Sender:
     so that a frame is never left half-written, and bounded by a deadline, so
     that a peer that stops reading cannot hold the task forever: past the
     deadline :class:`Stuck` is raised and the connection is dropped rather than
-    closed. When the connection is being closed, :meth:`hurry` shortens the
+    closed. When the connection is being closed, :meth:`finish_by` shortens the
     deadline of writes still in flight.
     """
 
@@ -113,6 +114,8 @@ class _Sender:
         self.broken = False
         """A write was cut short: the stream may end mid-frame, so it must not be
         used again, not even for a close frame."""
+        self.close_deadline = math.inf
+        """When the connection must be closed by, once :meth:`finish_by` was called."""
 
     async def send(self, message: str | bytes) -> None:
         """Send one message (an echo), keeping its type."""
@@ -173,9 +176,13 @@ class _Sender:
             self.broken = True
             raise Stuck(f"no progress within {seconds:g} s")
 
-    def hurry(self, grace: float) -> None:
-        """Give writes in flight at most ``grace`` more seconds."""
-        deadline = trio.current_time() + grace
+    def finish_by(self, deadline: float) -> None:
+        """Writes in flight, and the close that follows them, must end by ``deadline``.
+
+        One deadline for both, because the close frame waits behind whatever
+        is being written: time the write does not use is the close frame's.
+        """
+        self.close_deadline = min(self.close_deadline, deadline)
         for scope in self._in_flight:
             scope.deadline = min(scope.deadline, deadline)
 
@@ -250,8 +257,8 @@ async def _race(
             await _until_cancelled()
         finally:
             # The race is over, by a side finishing or by cancellation from
-            # outside: a frame still being written gets half the close budget.
-            sender.hurry(config.close_timeout / 2)
+            # outside: from now on, closing has close_timeout in all.
+            sender.finish_by(trio.current_time() + config.close_timeout)
     assert ending is not None
     return ending
 
@@ -304,7 +311,8 @@ async def serve_client(
         raise
     finally:
         dropping = ending.code == ABNORMAL or sender.broken
-        with trio.move_on_after(config.close_timeout / 2) as closing:
+        sender.finish_by(trio.current_time() + config.close_timeout)  # if the race never ran
+        with trio.move_on_at(sender.close_deadline) as closing:
             if not dropping:
                 await ws.aclose(ending.code, ending.reason)
         if dropping or closing.cancelled_caught:

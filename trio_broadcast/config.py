@@ -62,9 +62,11 @@ class Config:
     """A connection must complete TLS and the WebSocket handshake within this time."""
     send_timeout: float = 10.0
     """A single frame that cannot be written within this time aborts the connection."""
-    close_timeout: float = 1.0
-    """Budget for closing one connection: a frame being written gets half, the close
-    handshake the other half; past it the TCP connection is dropped."""
+    close_timeout: float = 1.5
+    """Budget for closing one connection: finishing a frame being written, writing
+    the close frame and waiting for the client's; past it the TCP connection is
+    dropped. A client that reads what was already sent within it gets its close
+    code (under full load, a second of buffered frames is not unusual)."""
     max_request_head: int = 16 * 1024
     """Largest HTTP request head (request line and headers) accepted."""
     redis_url: str | None = None
