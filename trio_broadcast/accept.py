@@ -120,21 +120,31 @@ async def _accept_at_the_limit(
     reserve: DescriptorReserve,
     on_refused: Callable[[], None],
 ) -> trio.abc.Stream | None:
-    """Accept one connection with the reserve's descriptor; ``None`` if refused."""
+    """Accept one connection with the reserve's descriptor; ``None`` if refused.
+
+    ``accept()`` fails with ``EMFILE`` whether or not a client is waiting, so
+    this first waits until one is. Only then is the reserve released, and only
+    for one bounded ``accept()``: while it is released, another listener's
+    ``accept()`` may take the descriptor, and the reserve must not be left
+    given up while waiting for a client that may never come.
+    """
+    await trio.lowlevel.wait_readable(_listening_socket(listener))
     async with reserve.lock:
         reserve.release()
+        stream: trio.abc.Stream | None = None
         try:
-            stream = await listener.accept()
+            with trio.move_on_after(RETRY_DELAY):
+                stream = await listener.accept()
         except OSError as exc:
             if exc.errno not in OUT_OF_DESCRIPTORS + OUT_OF_MEMORY:
                 raise
-            # Another thread took the descriptor just released: try again later.
-            reserve.take()
+            # Another listener took the descriptor just released: try again later.
+        finally:
+            # A client may have left meanwhile: then there is room again.
+            room = reserve.take()
+        if stream is None:
             await trio.sleep(RETRY_DELAY)
             return None
-        finally:
-            # A client may have left while we waited: then there is room again.
-            room = reserve.take()
         if room:
             return stream
         _refuse(stream)
@@ -143,6 +153,14 @@ async def _accept_at_the_limit(
         # took it first, the accept loop retries after a pause.
         reserve.take()
         return None
+
+
+def _listening_socket(listener: trio.abc.Listener[trio.abc.Stream]) -> trio.socket.SocketType:
+    if isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    if not isinstance(listener, trio.SocketListener):
+        raise TypeError(f"cannot wait for connections on {listener!r}")
+    return listener.socket
 
 
 def _refuse(stream: trio.abc.Stream) -> None:

@@ -1,0 +1,98 @@
+"""The accept loop at the file-descriptor limit, with two listening sockets.
+
+The server's own end-to-end test (``test_command``) has one listener; a host
+name that resolves to several addresses gives several, which then compete for
+the one reserve descriptor. The loop runs in a subprocess with a low
+``ulimit -n``, so that this test process keeps its own limit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import trio
+
+# The server side: two listeners, one accept loop each, one shared reserve.
+# Each accepted connection is told "in", and closed once its client has spoken.
+SERVER = """
+import resource, sys, trio
+from trio_broadcast.accept import DescriptorReserve, accept_forever
+
+async def handler(stream):
+    async with stream:
+        await stream.send_all(b"in\\n")
+        await stream.receive_some()
+
+async def main():
+    listeners = [(await trio.open_tcp_listeners(0, host="127.0.0.1"))[0] for _ in range(2)]
+    print(*(listener.socket.getsockname()[1] for listener in listeners), flush=True)
+    reserve = DescriptorReserve()
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(
+                accept_forever, listener, handler, nursery, reserve, lambda: None
+            )
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), resource.getrlimit(
+    resource.RLIMIT_NOFILE)[1]))
+trio.run(main)
+"""
+LIMIT = 40
+ATTEMPTS = 60
+
+
+async def answer(port: int) -> tuple[trio.SocketStream, bytes]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    received = b""
+    while b"\n" not in received:
+        chunk = await stream.receive_some()
+        if not chunk:
+            break
+        received += chunk
+    return stream, received
+
+
+async def test_two_listeners_at_the_limit_answer_every_client_and_recover() -> None:
+    with trio.fail_after(20):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-c", SERVER, str(LIMIT)], stdout=subprocess.PIPE
+        )
+        assert process.stdout is not None
+        try:
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some()
+                assert chunk, "the accept loop did not start"
+                line += chunk
+            ports = [int(port) for port in line.split()]
+            admitted: list[trio.SocketStream] = []
+            refused = dict.fromkeys(ports, 0)
+            for attempt in range(ATTEMPTS):
+                port = ports[attempt % 2]
+                # Every client gets an answer at once, in or 503: none hangs.
+                with trio.fail_after(2):
+                    stream, received = await answer(port)
+                if received == b"in\n":
+                    admitted.append(stream)
+                else:
+                    assert received.startswith(b"HTTP/1.1 503 "), received
+                    refused[port] += 1
+                    await stream.aclose()
+            assert 0 < len(admitted) < LIMIT
+            assert all(refused.values()), refused  # both listeners reached the limit
+            # Two clients leave; once the loop has closed their sockets, two get in.
+            for stream in admitted[:2]:
+                await stream.send_all(b"bye")
+                assert await stream.receive_some() == b""
+                await stream.aclose()
+            for port in ports:
+                with trio.fail_after(2):
+                    stream, received = await answer(port)
+                assert received == b"in\n"
+                admitted.append(stream)
+            for stream in admitted[2:]:
+                await stream.aclose()
+        finally:
+            process.kill()
+            await process.wait()
