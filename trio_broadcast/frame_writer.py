@@ -44,7 +44,10 @@ from collections.abc import Generator
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, WebSocketRequest
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import CloseConnection, Event, Ping
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
+
+_ANSWERED = (Ping, TextMessage, BytesMessage)
+"""Events that trio-websocket may answer by sending: a pong, or a 1009 close."""
 
 
 class IncompatibleWebSocket(RuntimeError):
@@ -99,17 +102,21 @@ def fix_close_handling(target: WebSocketConnection | WebSocketRequest) -> None:
     it), sends the close frame with the code and wsproto's reason under the
     stream lock, and closes the TCP connection; the client's task sees
     ``ConnectionClosed`` with that code. The close frame is written by
-    trio-websocket's reader task, at the point where it dropped the connection
-    before, so nothing new can block or be cancelled here. Should wsproto stop
+    trio-websocket's reader task where it used to drop the connection: it now
+    waits for the stream lock and the socket, which the client task's close
+    path bounds (``close_timeout``), as it does for a client's own close. Should wsproto stop
     keeping its state in ``_state``, the assignment changes nothing and the
     connection is dropped as before (and :func:`check_compatible` fails loudly).
 
-    It also drops a ping that arrives after the server has sent its close
-    frame (a shutdown, a 1009, a client cut off): trio-websocket answers every
-    ping with a pong, wsproto refuses to send one in ``LOCAL_CLOSING``, and the
-    reader task died with ``LocalProtocolError`` and a logged traceback
-    (https://github.com/python-trio/trio-websocket/issues/184). No pong is owed:
-    after its close frame an endpoint sends nothing more (RFC 6455 5.5.1).
+    It also drops what arrives after the server has sent its close frame (a
+    shutdown, a 1009, a client cut off) and would make trio-websocket answer:
+    a ping (it sends a pong) or a message (it may close with 1009 if the
+    message is too large). wsproto refuses to send anything in
+    ``LOCAL_CLOSING``, and the reader task died with ``LocalProtocolError``
+    and a logged traceback
+    (https://github.com/python-trio/trio-websocket/issues/184). Nothing is
+    lost: after its close frame an endpoint sends nothing more (RFC 6455
+    5.5.1), and a message that arrives then is read by no one.
 
     Call it on the request, before accepting the handshake: frames are parsed
     from the 101 on, and one parsed before this call is dropped without a close
@@ -134,8 +141,8 @@ def fix_close_handling(target: WebSocketConnection | WebSocketRequest) -> None:
             state = None if connection is None else connection.state
             if isinstance(event, CloseConnection) and state is ConnectionState.OPEN:
                 connection._state = ConnectionState.REMOTE_CLOSING  # type: ignore[union-attr]
-            elif isinstance(event, Ping) and state is ConnectionState.LOCAL_CLOSING:
-                continue  # our close frame is out: no pong may follow it
+            elif state is ConnectionState.LOCAL_CLOSING and isinstance(event, _ANSWERED):
+                continue  # our close frame is out: nothing may follow it
             yield event
 
     protocol.events = events  # type: ignore[method-assign]

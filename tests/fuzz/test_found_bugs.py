@@ -151,3 +151,22 @@ async def test_a_ping_during_a_graceful_shutdown_is_no_error(
                     pass
             await wait_until(lambda: server.connections == 0)
     assert not errors(caplog)
+
+
+# The same reader crash by another route: after the server's close frame, a
+# message over max_message_size made trio-websocket try to close with 1009.
+async def test_an_oversized_message_during_a_graceful_shutdown_is_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(5):
+        async with running_server(max_message_size=4) as server:
+            stream = await websocket(server)
+            async with stream:
+                await wait_until(lambda: server.clients == 1)
+                server.shutdown()
+                assert (await stream.receive_some()).startswith(b"\x88")  # the close frame
+                await stream.send_all(masked(0x1, b"far too long"))
+                while await stream.receive_some():
+                    pass
+            await wait_until(lambda: server.connections == 0)
+    assert not errors(caplog)
