@@ -17,11 +17,36 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from hypothesis import settings
+from hypothesis.errors import InvalidArgument
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from trio_broadcast import Config, Publish, Server, serve
 
 COMMAND = Path(sys.executable).with_name("trio-broadcast")
+
+# Hypothesis: each property runs the examples its @budget names, which keeps the
+# default suite fast. HYPOTHESIS_PROFILE=long runs every property 5000 times
+# instead, to shake out rare cases:
+#     HYPOTHESIS_PROFILE=long pytest tests/test_lines.py tests/test_fanout.py
+# Any other profile registered with Hypothesis works the same way.
+try:
+    settings.get_profile("long")
+except InvalidArgument:
+    settings.register_profile("long", max_examples=5000)
+
+
+def budget(max_examples: int) -> settings:
+    """Settings for one property: ``max_examples`` examples, or the selected profile's.
+
+    No deadline: Hypothesis times an example only after it has ended, so a
+    deadline cannot catch a hang (``trio.fail_after`` does, in the async
+    tests), and on a busy machine one slow example would fail as flaky.
+    """
+    profile = os.environ.get("HYPOTHESIS_PROFILE")
+    if profile:
+        return settings(settings.get_profile(profile), deadline=None)
+    return settings(max_examples=max_examples, deadline=None)
 
 
 class LineFeed:

@@ -63,6 +63,7 @@ pytestmark = pytest.mark.e2e
 
 PROG = "trio-broadcast"
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+CLOSE_TIMEOUT = trio_broadcast.Config().close_timeout
 TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
 
 
@@ -1112,7 +1113,8 @@ async def test_signal_closes_every_client_with_1001(signum: signal.Signals) -> N
                     await idle.aclose()
             stderr = await process.read_all_stderr()
             assert code == 0, stderr
-            assert 0.45 <= took < 2, took  # the close budget was honoured, and bounded
+            # The silent client's close budget was honoured, and the exit came within 2 s.
+            assert CLOSE_TIMEOUT - 0.05 <= took < 2, took
             assert [frame.close_code for frame in frames] == [1001]
             assert f"{signum.name}: closing 3 clients" in stderr
             assert_clean(stderr)
@@ -1163,8 +1165,8 @@ async def test_second_signal_exits_at_once(signum: signal.Signals) -> None:
                 await silent.aclose()
             stderr = await process.read_all_stderr()
             assert code == 128 + signum, stderr
-            # The graceful path cannot end before the silent client's 0.5 s close budget.
-            assert took < 0.45, took
+            # The graceful path cannot end before the silent client's close budget.
+            assert took < CLOSE_TIMEOUT - 0.05, took
             assert f"second {signum.name}: exiting at once" in stderr
             assert_clean(stderr)
 

@@ -19,42 +19,19 @@ Every test is bounded by ``trio.fail_after``; tasks are synchronised with
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
 import trio
 import trio.testing
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.errors import InvalidArgument
 
 from trio_broadcast.config import OnFull
 from trio_broadcast.fanout import Deliver, Fanout, Overflow, Subscription
 
-# Hypothesis budget. Each property runs the examples its @budget names, which keeps
-# the default suite fast. HYPOTHESIS_PROFILE=long runs every property of this file
-# (and of test_lines.py) 5000 times instead, to shake out rare cases:
-#     HYPOTHESIS_PROFILE=long pytest tests/test_lines.py tests/test_fanout.py
-# Any other profile name registered with Hypothesis works the same way.
-try:
-    settings.get_profile("long")
-except InvalidArgument:
-    settings.register_profile("long", max_examples=5000)
-
-
-def budget(max_examples: int, deadline_ms: int = 1000) -> settings:
-    """Settings for one property: ``max_examples`` examples, or the selected profile's.
-
-    The deadline is far above the time an example takes: it is there to catch a
-    hang, not to measure speed.
-    """
-    profile = os.environ.get("HYPOTHESIS_PROFILE")
-    if profile:
-        return settings(settings.get_profile(profile), deadline=deadline_ms)
-    return settings(max_examples=max_examples, deadline=deadline_ms)
-
+from .conftest import budget
 
 # ------------------------------------------------------------------- delivery
 
@@ -891,7 +868,7 @@ class Driver:
                     assert not {n for n in written if self.batch_of.get(n) == batch}
 
 
-@budget(150, deadline_ms=5000)
+@budget(150)
 @given(
     data=st.data(),
     queue_size=st.integers(1, 4),

@@ -15,37 +15,15 @@ stays within its bound after every read (see the properties section).
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable, Sequence
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.errors import InvalidArgument
 
 from trio_broadcast.lines import LineSplitter, Split
 
-# Hypothesis budget. Each property runs the examples its @budget names, which keeps
-# the default suite fast. HYPOTHESIS_PROFILE=long runs every property of this file
-# (and of test_fanout.py) 5000 times instead, to shake out rare cases:
-#     HYPOTHESIS_PROFILE=long pytest tests/test_lines.py tests/test_fanout.py
-# Any other profile name registered with Hypothesis works the same way.
-try:
-    settings.get_profile("long")
-except InvalidArgument:
-    settings.register_profile("long", max_examples=5000)
-
-
-def budget(max_examples: int, deadline_ms: int = 1000) -> settings:
-    """Settings for one property: ``max_examples`` examples, or the selected profile's.
-
-    The deadline is far above the time an example takes (well under a
-    millisecond here): it is there to catch a hang, not to measure speed.
-    """
-    profile = os.environ.get("HYPOTHESIS_PROFILE")
-    if profile:
-        return settings(settings.get_profile(profile), deadline=deadline_ms)
-    return settings(max_examples=max_examples, deadline=deadline_ms)
+from .conftest import budget
 
 
 def reference(data: bytes, max_line_size: int) -> tuple[list[str], int]:
