@@ -455,11 +455,11 @@ def shutdown(h: Harness, size: Size, check: Checks) -> Result:
             "exit_status": status,
             "exit_after_s": exited_s,
             "tracebacks": tracebacks(text),
-            "messages_before_signal": seen["total_messages"],
+            "messages_delivered": seen["total_messages"],
         }
     )
     print(
-        f"  {seen['total_messages']:,} messages delivered before SIGTERM; close codes: "
+        f"  {seen['total_messages']:,} messages delivered in all; close codes: "
         f"{_counts(codes)}; last close {within if within is None else f'{within:.2f}'} s after "
         f"the signal; exit {status} after {exited_s:.2f} s"
     )

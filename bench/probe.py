@@ -71,8 +71,9 @@ def settled(pid: int, port: int, timeout: float = 20.0) -> Reading:
 
     Clients that just left may still be closing (a close handshake, a timeout
     on a peer that vanished); this waits, within ``timeout``, until they have,
-    and until two readings in a row agree on the descriptors. A server at its
-    descriptor limit may refuse the request itself: that counts as not yet.
+    and until two readings in a row agree on descriptors and tasks. A server at
+    its descriptor limit may refuse the request itself: that counts as not
+    yet. Raises ``RuntimeError`` if it does not settle in time.
     """
     deadline = time.monotonic() + timeout
     previous: Reading | None = None
@@ -81,12 +82,17 @@ def settled(pid: int, port: int, timeout: float = 20.0) -> Reading:
             reading: Reading | None = read(pid, port)
         except OSError:  # urllib's HTTPError (a 503) and URLError are OSErrors
             reading = None
-        if reading is not None:
-            if reading.open_connections == 0 and previous == reading:
-                return reading
-            if time.monotonic() >= deadline:
-                return reading
-        elif time.monotonic() >= deadline:
-            raise RuntimeError(f"the server on port {port} did not answer /metrics in time")
+        if (
+            reading is not None
+            and previous is not None
+            and reading.open_connections == 0
+            and (reading.fds, reading.tasks) == (previous.fds, previous.tasks)
+        ):
+            return reading
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"the server on port {port} did not settle within {timeout:g} s "
+                f"(last reading: {reading})"
+            )
         previous = reading
         time.sleep(0.1)

@@ -36,7 +36,16 @@ from typing import Any
 
 import probe
 import trio
-from run import BENCH, RESULTS, SERVER_CORE, BenchError, Child, free_port, wait_for_port
+from run import (
+    BENCH,
+    RESULTS,
+    SERVER_CORE,
+    BenchError,
+    Child,
+    free_port,
+    setup_pinning,
+    wait_for_port,
+)
 
 HOST = "127.0.0.1"
 LOGS = BENCH / ".logs" / "soak"
@@ -166,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(command: str, log_dir: Path, cycles: int, concurrency: int) -> dict[str, Any]:
     """Start the server, warm up, soak, and read it before and after."""
-    pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    pinning = setup_pinning()  # this harness, its clients included, on the other core
     port = free_port()
     argv = [
-        *(["taskset", "-c", str(SERVER_CORE)] if pin else []),
+        *pinning.prefix(SERVER_CORE),
         command,
         *("--host", HOST, "--port", str(port), "--history", "1"),
     ]

@@ -11,11 +11,11 @@ Trio loop with ``TrioToken.run_sync_soon`` (which is safe to call from a
 signal handler); the second one ends the process from the handler itself,
 which Python runs between two bytecodes, whatever the loop is doing.
 
-One window remains, and no Python program can close it: two signals that
-arrive before Python has run the handler for the first (the main thread
-inside one long C call, a few milliseconds) reach the handler once, as two
-deliveries of a pending signal merge in the kernel. A second signal sent
-after the first was logged always counts.
+One window remains, and no Python handler can close it: CPython's C-level
+handler only marks a signal as "tripped", and the Python handler runs once
+per mark, between two bytecodes. Two signals that arrive before that (the
+main thread inside one long C call, a few milliseconds) reach the handler
+once. A second signal sent after the first was logged always counts.
 """
 
 from __future__ import annotations

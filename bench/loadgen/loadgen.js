@@ -298,7 +298,7 @@ function onChunk(i, chunk) {
       const code = len >= 2 && start + 2 <= n ? buf.subarray(start, start + 2) : Buffer.alloc(0);
       sockets[i]._socket.end(Buffer.concat([Buffer.from([0x88, 0x80 | code.length, 0, 0, 0, 0]), code]));
     } else if (opcode === 9 && frameEnd <= n) {
-      sockets[i].pong(buf.subarray(start, frameEnd)); // no server here pings; be polite anyway
+      sockets[i].pong(buf.subarray(start, frameEnd)); // keep-alive: a client that answers stays
     }
     if (frameEnd > n) {
       skip[i] = frameEnd - n;
