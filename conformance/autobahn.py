@@ -85,6 +85,10 @@ DEFAULT_CACHE = REPO / ".nox" / ".cache" / "autobahn"
 DEFAULT_REPORTS = REPO / "conformance" / "reports"
 
 DEBIAN = "http://deb.debian.org/debian"
+DEBIAN_ARCHIVE = "http://archive.debian.org/debian"
+"""Where Debian moves a release some time after its support ends (bullseye's
+LTS ended in August 2026): tried when the main mirror no longer has a file.
+Every file is checked against the signed InRelease either way."""
 SUITE = "bullseye"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 DEBS = (
@@ -255,9 +259,17 @@ def download(url: str, what: str) -> bytes:
     except (urllib.error.URLError, OSError) as exc:
         raise SetupError(
             f"could not download {what} from {url}: {exc}. Setting up wstest needs "
-            f"Debian's archive ({DEBIAN}, suite {SUITE}) and PyPI."
+            f"Debian's archive ({DEBIAN} or {DEBIAN_ARCHIVE}, suite {SUITE}) and PyPI."
         ) from None
     return data
+
+
+def debian_file(path: str, what: str) -> bytes:
+    """A file of Debian's archive: from the main mirror, or the archive once moved there."""
+    try:
+        return download(f"{DEBIAN}/{path}", what)
+    except SetupError:
+        return download(f"{DEBIAN_ARCHIVE}/{path}", what)
 
 
 def check_sha256(data: bytes, expected: str, what: str) -> None:
@@ -288,7 +300,7 @@ def verified_release(cache: Path) -> str:
             "(apt-get install gpgv debian-archive-keyring)"
         )
     signed = cache / "InRelease"
-    signed.write_bytes(download(f"{DEBIAN}/dists/{SUITE}/InRelease", f"{SUITE}'s InRelease"))
+    signed.write_bytes(debian_file(f"dists/{SUITE}/InRelease", f"{SUITE}'s InRelease"))
     try:
         result = subprocess.run(
             ["gpgv", "--keyring", str(KEYRING), "--output", "-", str(signed)],
@@ -351,7 +363,7 @@ def fetch_debs(cache: Path) -> list[Path]:
     say(f"checking Debian {SUITE}'s signed package index ({arch})")
     release = verified_release(cache)
     index_path = f"main/binary-{arch}/Packages.xz"
-    packages_xz = download(f"{DEBIAN}/dists/{SUITE}/{index_path}", f"{SUITE}'s package index")
+    packages_xz = debian_file(f"dists/{SUITE}/{index_path}", f"{SUITE}'s package index")
     check_sha256(packages_xz, release_sha256(release, index_path), index_path)
     debs = find_debs(lzma.decompress(packages_xz).decode(), DEBS)
     folder = cache / "debs"
@@ -363,7 +375,7 @@ def fetch_debs(cache: Path) -> list[Path]:
             say(f"  {deb.package} {deb.version}: already downloaded")
         else:
             say(f"  {deb.package} {deb.version}: downloading")
-            data = download(f"{DEBIAN}/{deb.filename}", deb.package)
+            data = debian_file(deb.filename, deb.package)
             check_sha256(data, deb.sha256, deb.filename)
             path.write_bytes(data)
         paths.append(path)
