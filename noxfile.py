@@ -164,7 +164,8 @@ def bench_quick(session: nox.Session) -> None:
 
 
 def _run_bench(session: nox.Session, *args: str) -> None:
-    _run_load_script(session, "bench/run.py", *args)
+    # With the redis extra: the R1/R2 rows run instances fed through Redis.
+    _run_load_script(session, "bench/run.py", *args, package=".[redis]")
 
 
 @nox.session(python=PYTHON)
@@ -197,10 +198,12 @@ def soak_quick(session: nox.Session) -> None:
     _run_load_script(session, "bench/soak.py", "--quick", node=False)
 
 
-def _run_load_script(session: nox.Session, script: str, *args: str, node: bool = True) -> None:
+def _run_load_script(
+    session: nox.Session, script: str, *args: str, node: bool = True, package: str = "."
+) -> None:
     if node and (shutil.which("node") is None or shutil.which("npm") is None):
-        session.error(f"{script} needs Node.js and npm on PATH (its well-behaved clients)")
-    session.install(".", *BENCH_DEPS)
+        session.error(f"{script} needs Node.js and npm on PATH (its load generator)")
+    session.install(package, *BENCH_DEPS)
     session.run("python", script, *args, *session.posargs)
 
 
