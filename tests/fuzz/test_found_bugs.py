@@ -136,27 +136,15 @@ async def test_a_ping_after_an_oversized_message_is_no_error(
     assert not errors(caplog)
 
 
-async def test_a_ping_during_a_graceful_shutdown_is_no_error(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with trio.fail_after(5):
-        async with running_server() as server:
-            stream = await websocket(server)
-            async with stream:
-                await wait_until(lambda: server.clients == 1)
-                server.shutdown()
-                assert (await stream.receive_some()).startswith(b"\x88")  # the close frame
-                await stream.send_all(masked(0x9, b"ping"))
-                while await stream.receive_some():
-                    pass
-            await wait_until(lambda: server.connections == 0)
-    assert not errors(caplog)
-
-
 # The same reader crash by another route: after the server's close frame, a
 # message over max_message_size made trio-websocket try to close with 1009.
-async def test_an_oversized_message_during_a_graceful_shutdown_is_no_error(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize(
+    "late",
+    [masked(0x9, b"ping"), masked(0x1, b"far too long")],
+    ids=["ping", "oversized-message"],
+)
+async def test_a_frame_during_a_graceful_shutdown_is_no_error(
+    late: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(5):
         async with running_server(max_message_size=4) as server:
@@ -165,7 +153,7 @@ async def test_an_oversized_message_during_a_graceful_shutdown_is_no_error(
                 await wait_until(lambda: server.clients == 1)
                 server.shutdown()
                 assert (await stream.receive_some()).startswith(b"\x88")  # the close frame
-                await stream.send_all(masked(0x1, b"far too long"))
+                await stream.send_all(late)
                 while await stream.receive_some():
                     pass
             await wait_until(lambda: server.connections == 0)
