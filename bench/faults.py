@@ -60,7 +60,9 @@ from run import (
     ensure_node,
     free_port,
     raise_fd_limit,
+    rss_kb,
     setup_pinning,
+    trio_broadcast_command,
     wait_for_port,
 )
 
@@ -110,8 +112,7 @@ class Harness:
         self.log_dir = log_dir
         self.env = env
         self.pin = pin
-        command = shutil.which("trio-broadcast", path=str(Path(sys.executable).parent))
-        command = command or shutil.which("trio-broadcast")
+        command = trio_broadcast_command()
         if command is None:
             raise BenchError("the trio-broadcast command is not installed next to this Python")
         self.command = command
@@ -214,7 +215,8 @@ def storm(h: Harness, size: Size, check: Checks) -> Result:
             "ping_interval": PING_INTERVAL,
         }
         argv = [sys.executable, str(BENCH / "misbehave.py"), json.dumps(misbehave_config)]
-        misbehaving = stack.enter_context(contextlib.closing(_Closing(h, "misbehave", argv)))
+        misbehaving = Child("misbehave", argv, h.log_dir, events=True, env=h.env)
+        stack.callback(misbehaving.stop)  # it stops by itself; this makes sure
         feeder = Feeder(server.stdin, LINE_SIZE)
         stack.callback(feeder.close)
         peak = {"fds": start.fds, "rss_kb": start.rss_kb}
@@ -222,10 +224,10 @@ def storm(h: Harness, size: Size, check: Checks) -> Result:
         def sample() -> None:
             with contextlib.suppress(OSError):
                 peak["fds"] = max(peak["fds"], probe.fd_count(server.pid))
-                peak["rss_kb"] = max(peak["rss_kb"], probe.rss_kb(server.pid))
+                peak["rss_kb"] = max(peak["rss_kb"], rss_kb(server.pid))
 
         cpu = CpuWindow(
-            {"server": server.pid, "loadgen": loadgen.pid, "misbehave": misbehaving.child.pid}
+            {"server": server.pid, "loadgen": loadgen.pid, "misbehave": misbehaving.pid}
         )
         cpu.begin()
         began_ns = time.monotonic_ns()
@@ -237,7 +239,7 @@ def storm(h: Harness, size: Size, check: Checks) -> Result:
         last = feeder.written_seq
         loadgen.send(f"stop {last} {ended_ns}")
         delivered = loadgen.read_event("result", 30)
-        runs = misbehaving.child.read_event("result", 90)["runs"]
+        runs = misbehaving.read_event("result", 90)["runs"]
         alive = server.alive()
         loadgen.send("quit")
         end = probe.settled(server.pid, port)
@@ -316,16 +318,6 @@ def check_storm(r: Result, good: int, check: Checks) -> None:
         f"Trio tasks: {start['tasks']} at start, {end['tasks']} at the end",
     )
     check(r["tracebacks"] == 0, f"tracebacks in the server log: {r['tracebacks']}")
-
-
-class _Closing:
-    """The misbehaving clients' process (it stops by itself; this makes sure)."""
-
-    def __init__(self, h: Harness, name: str, argv: list[str]) -> None:
-        self.child = Child(name, argv, h.log_dir, events=True, env=h.env)
-
-    def close(self) -> None:
-        self.child.stop()
 
 
 def render_storm(r: Result) -> str:

@@ -13,6 +13,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
+from run import rss_kb
+
 HOST = "127.0.0.1"
 
 
@@ -30,14 +32,6 @@ class Reading:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def metrics(port: int, timeout: float = 5.0) -> dict[str, float]:

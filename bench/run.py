@@ -160,7 +160,8 @@ class ServerSpec:
     Redis; ``None``: the server has no Redis mode (R scenarios read n/a)."""
 
 
-def _trio_broadcast_command() -> str | None:
+def trio_broadcast_command() -> str | None:
+    """The installed command: next to this Python, else on PATH; ``None`` if neither."""
     beside = Path(sys.executable).parent / "trio-broadcast"
     if beside.exists():
         return str(beside)
@@ -172,7 +173,7 @@ def server_specs() -> dict[str, ServerSpec]:
     peers = BENCH / "peers"
 
     def trio_broadcast(port: int) -> list[str]:
-        command = _trio_broadcast_command()
+        command = trio_broadcast_command()
         if command is None:
             raise BenchError("the trio-broadcast command is not installed")
         options = ["--host", HOST, "--port", str(port), "--ping-interval", "0"]

@@ -21,10 +21,8 @@ leak shows as a trend. ``--quick`` (5,000 cycles) is the short form CI runs.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
-import shutil
 import socket
 import struct
 import sys
@@ -36,6 +34,7 @@ from typing import Any
 
 import probe
 import trio
+from misbehave import request
 from run import (
     BENCH,
     RESULTS,
@@ -44,6 +43,7 @@ from run import (
     Child,
     free_port,
     setup_pinning,
+    trio_broadcast_command,
     wait_for_port,
 )
 
@@ -61,14 +61,6 @@ RUN_TIMEOUT = 1800.0
 ENDINGS = ("close handshake", "FIN, no close frame", "TCP reset")
 
 
-def upgrade_request(port: int) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        f"GET / HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
 CLOSE_1000 = bytes([0x88, 0x82, 0, 0, 0, 0]) + struct.pack("!H", 1000)  # zero mask
 
 
@@ -77,7 +69,7 @@ async def cycle(port: int, ending: int) -> str | None:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         await sock.connect((HOST, port))
-        await sock.send(upgrade_request(port))
+        await sock.send(request(HOST, port))
         data = b""
         expected = LINE.rstrip(b"\n")
         # 101 head, then the history line in one small unmasked text frame.
@@ -143,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where to write the JSON results")
     args = parser.parse_args(argv)
     cycles = args.cycles or (QUICK_CYCLES if args.quick else FULL_CYCLES)
-    command = shutil.which("trio-broadcast", path=str(Path(sys.executable).parent))
-    command = command or shutil.which("trio-broadcast")
+    command = trio_broadcast_command()
     if command is None:
         print("the trio-broadcast command is not installed next to this Python")
         return 1
