@@ -1002,7 +1002,7 @@ async def test_client_protocol_errors_end_only_that_connection() -> None:
 
 
 async def test_invalid_utf8_from_a_client_gets_close_1007() -> None:
-    """RFC 6455 7.1.7: the close frame first (frame_writer.fix_close_handling)."""
+    """RFC 6455 7.1.7: the close frame first (protocol_errors.fix_close_handling)."""
     with trio.fail_after(10):
         async with running_command() as process:
             bad = await RawClient.handshake(url_port(process.url))

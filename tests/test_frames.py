@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from trio_websocket import WebSocketConnection, serve_websocket
 from wsproto.frame_protocol import FrameProtocol
 
-from trio_broadcast.frame_writer import FrameWriter, IncompatibleWebSocket, check_compatible
+from trio_broadcast.frame_writer import FrameWriter, check_compatible
 from trio_broadcast.frames import encode_lines, message_frame, text_frame
+from trio_broadcast.protocol_errors import IncompatibleWebSocket
 
 from .conftest import ws_client
 

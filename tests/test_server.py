@@ -28,7 +28,7 @@ from trio_websocket import (
 )
 
 from trio_broadcast import Config, OnFull, Server, StartupError, serve
-from trio_broadcast.frame_writer import fix_close_handling
+from trio_broadcast.protocol_errors import fix_close_handling
 
 from .conftest import LineFeed, running_server, wait_until, ws_client
 

@@ -39,8 +39,9 @@ from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from .config import Config
 from .counters import Counters
 from .fanout import Fanout, Overflow, Subscription
-from .frame_writer import FrameWriter, fix_close_handling
+from .frame_writer import FrameWriter
 from .frames import message_frame
+from .protocol_errors import fix_close_handling
 
 log = logging.getLogger("trio_broadcast")
 
@@ -295,7 +296,7 @@ async def serve_client(
     Closing takes at most ``config.close_timeout`` seconds in all. Messages
     written are counted in ``counters``. A client that breaks the protocol gets
     a close frame with 1002 or 1007 before its connection is dropped
-    (:func:`~trio_broadcast.frame_writer.fix_close_handling`).
+    (:func:`~trio_broadcast.protocol_errors.fix_close_handling`).
     """
     # Does nothing if it was already called on the request, before the 101: the
     # earlier the better, since a frame parsed before it gets no close frame.

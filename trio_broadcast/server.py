@@ -53,7 +53,6 @@ from .client import GOING_AWAY, Report, serve_client
 from .config import Config
 from .counters import Counters
 from .fanout import Fanout
-from .frame_writer import fix_close_handling
 from .frames import encode_lines
 from .handshake import (
     BadRequest,
@@ -62,6 +61,7 @@ from .handshake import (
     http_response,
     read_request_head,
 )
+from .protocol_errors import fix_close_handling
 from .signals import StopSignals
 from .stdin import Publish
 from .web import Site

@@ -120,7 +120,7 @@ async def websocket(server: Server) -> trio.SocketStream:
 # pong, which wsproto refuses in the LOCAL_CLOSING state: the reader task
 # died with LocalProtocolError and the server logged a traceback
 # (python-trio/trio-websocket#184, fix proposed in #198, not released).
-# Fixed by dropping such pings (frame_writer.fix_close_handling).
+# Fixed by dropping such pings (protocol_errors.fix_close_handling).
 async def test_a_ping_after_an_oversized_message_is_no_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
