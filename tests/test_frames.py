@@ -10,11 +10,7 @@ from hypothesis import strategies as st
 from trio_websocket import WebSocketConnection, serve_websocket
 from wsproto.frame_protocol import FrameProtocol
 
-from trio_broadcast.frame_writer import FrameWriter, check_compatible
 from trio_broadcast.frames import encode_lines, message_frame, text_frame
-from trio_broadcast.protocol_errors import IncompatibleWebSocket
-
-from .conftest import ws_client
 
 
 def wsproto_server_frame(text: str) -> bytes:
@@ -45,30 +41,6 @@ async def accepted_pair(
 
     server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
     return receive, f"ws://127.0.0.1:{server.port}/"
-
-
-async def test_the_writer_works_on_this_trio_websocket_release() -> None:
-    """Fails loudly if an upgrade of trio-websocket changes the internals used."""
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            accepted, url = await accepted_pair(nursery)
-            async with ws_client(url) as client:
-                server_side = await accepted.receive()
-                check_compatible(server_side)
-                writer = FrameWriter(server_side, server_side._stream)
-                frames = b"".join(encode_lines(["one", "two"]))
-                assert writer.write_nowait(frames) == len(frames)
-                await writer.write(b"".join(encode_lines(["three"])))
-                assert [await client.get_message() for _ in range(3)] == ["one", "two", "three"]
-                # Not a plain socket (TLS, say): nothing is written directly.
-                other = FrameWriter(server_side, trio.testing.MemorySendStream())  # type: ignore[arg-type]
-                assert other.write_nowait(frames) == 0
-            nursery.cancel_scope.cancel()
-
-
-def test_a_changed_connection_is_refused_loudly() -> None:
-    with pytest.raises(IncompatibleWebSocket, match="internals changed"):
-        check_compatible(object())  # type: ignore[arg-type]
 
 
 @settings(max_examples=100, deadline=None)

@@ -18,20 +18,19 @@ tasks, and whichever finishes first decides how the connection ends:
   which must end the race even while ``_broadcast`` is stuck in a write.
 
 The first to return an :class:`Ending` cancels the others. Cancellation only
-ever interrupts a *wait* (for a message, a batch, a pong); a frame being written
-is never cut in half, because every write goes through :class:`_Sender`, which
-shields it from cancellation and bounds it with a deadline instead. Once the
-race is over the connection is closed with the ending's code, within a bounded
-time, or dropped if the peer does not cooperate.
+ever interrupts a *wait* (for a message, a batch, a pong, the socket); a frame
+being written is never cut in half, because every byte goes through the
+connection's :class:`~trio_broadcast.frame_stream.FrameStream`, which keeps
+what a cancelled writer handed over and finishes it before anything else. Once
+the race is over the connection is closed with the ending's code, within a
+bounded time, or dropped if the peer does not cooperate.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
@@ -39,7 +38,7 @@ from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from .config import Config
 from .counters import Counters
 from .fanout import Fanout, Overflow, Subscription
-from .frame_writer import FrameWriter
+from .frame_stream import FrameStream, WriteTimeout
 from .frames import message_frame
 from .protocol_errors import fix_close_handling
 
@@ -77,115 +76,55 @@ def _closed_by_peer(reason: CloseReason | None) -> Ending:
     return Ending(reason.code, reason.reason or "", by_peer=True)
 
 
-class _Tail(bytes):
-    """The unwritten end of a batch whose frames were already counted as sent."""
-
-
-class Stuck(Exception):
-    """A write (or a ping's answer) did not complete in time."""
+_WAKE = b""
+"""Queued in place of a batch that the stream took only in part: no frame is
+empty, so it writes nothing itself, but it wakes the client's task, whose next
+write finishes the batch (the stream writes what it holds first)."""
 
 
 class _Sender:
-    """Every write to one connection goes through here.
+    """Hands this client's frames to its :class:`FrameStream`, and counts them.
 
-    A write first offers its bytes to the socket without waiting
-    (:meth:`FrameWriter.write_nowait`), which cannot be interrupted. What the
-    socket does not take at once is written under a shield from cancellation,
-    so that a frame is never left half-written, and bounded by a deadline, so
-    that a peer that stops reading cannot hold the task forever: past the
-    deadline :class:`Stuck` is raised and the connection is dropped rather than
-    closed. When the connection is being closed, :meth:`finish_by` shortens the
-    deadline of writes still in flight.
+    The stream is the connection's only writer and keeps every frame whole,
+    whoever writes and whenever a writer is cancelled; see
+    :mod:`trio_broadcast.frame_stream`.
     """
 
-    def __init__(
-        self,
-        ws: WebSocketConnection,
-        transport: trio.abc.Stream,
-        timeout: float,
-        counters: Counters,
-    ) -> None:
-        self._ws = ws
+    def __init__(self, stream: FrameStream, counters: Counters) -> None:
+        self._stream = stream
         self._counters = counters
-        self._frames = FrameWriter(ws, transport)
-        self._timeout = timeout
-        self._in_flight: set[trio.CancelScope] = set()
         self.sent = 0
-        """Messages written so far."""
-        self.broken = False
-        """A write was cut short: the stream may end mid-frame, so it must not be
-        used again, not even for a close frame."""
-        self.close_deadline = math.inf
-        """When the connection must be closed by, once :meth:`finish_by` was called."""
+        """Messages handed to the stream: written, or being written when it ended."""
+
+    def _count(self, frames: Sequence[bytes]) -> None:
+        self.sent += len(frames)
+        self._counters.count_frames(len(frames), sum(map(len, frames)))
+
+    def deliver_nowait(self, frames: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """The fan-out's fast path: hand ``frames`` to the stream now, if it is idle.
+
+        Called by the publisher while this client has nothing queued. Returns
+        what the fan-out must queue: nothing, the whole batch (the stream was
+        busy), or :data:`_WAKE` (the stream holds the unwritten end of the
+        batch, and this client's task must finish it). Never raises: a broken
+        connection is the client task's to notice.
+        """
+        if not self._stream.offer(frames):
+            return frames
+        self._count(frames)
+        return (_WAKE,) if self._stream.pending else ()
+
+    async def send_frames(self, frames: list[bytes]) -> None:
+        """Write queued broadcast frames (and what the fast path left) in one go."""
+        frames = [frame for frame in frames if frame]  # without the _WAKE markers
+        await self._stream.write(frames)
+        self._count(frames)
 
     async def send(self, message: str | bytes) -> None:
         """Send one message (an echo), keeping its type."""
         frame = message_frame(message)
-        await self._write(frame)
-        self.sent += 1
-        self._counters.count_frames(1, len(frame))
-
-    def deliver_nowait(self, frames: tuple[bytes, ...]) -> tuple[bytes, ...]:
-        """The fan-out's fast path: write ``frames`` now if the socket takes them.
-
-        Called by the publisher while this client has nothing queued. Returns
-        what is left to write (the whole batch, or the unwritten tail of it as a
-        :class:`_Tail`), which the fan-out queues for :meth:`send_frames`.
-        Never raises: a closed connection is the client task's to notice.
-        """
-        data = b"".join(frames)
-        try:
-            written = self._frames.write_nowait(data)
-        except ConnectionClosed:
-            return frames
-        if written == 0:
-            return frames
-        self.sent += len(frames)
-        self._counters.count_frames(len(frames), len(data))
-        return () if written == len(data) else (_Tail(data[written:]),)
-
-    async def send_frames(self, frames: list[bytes]) -> None:
-        """Send queued broadcast frames, already encoded, with a single write."""
-        data = b"".join(frames)
-        await self._write(data)
-        tails = [frame for frame in frames if isinstance(frame, _Tail)]
-        messages = len(frames) - len(tails)
-        self.sent += messages
-        self._counters.count_frames(messages, len(data) - sum(map(len, tails)))
-
-    async def _write(self, data: bytes) -> None:
-        # The socket usually takes it all at once; only a remainder needs the
-        # shielded, bounded path, entered without yielding so that it follows
-        # on the wire.
-        written = self._frames.write_nowait(data)
-        if written < len(data):
-            rest = memoryview(data)[written:]
-            await self._shielded(partial(self._frames.write, rest), self._timeout)
-
-    async def ping(self, seconds: float) -> None:
-        """Ping and wait for the pong, at most ``seconds``."""
-        await self._shielded(self._ws.ping, seconds)
-
-    async def _shielded(self, write: Callable[[], Awaitable[None]], seconds: float) -> None:
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + seconds) as scope:
-            self._in_flight.add(scope)
-            try:
-                await write()
-            finally:
-                self._in_flight.discard(scope)
-        if scope.cancelled_caught:
-            self.broken = True
-            raise Stuck(f"no progress within {seconds:g} s")
-
-    def finish_by(self, deadline: float) -> None:
-        """Writes in flight, and the close that follows them, must end by ``deadline``.
-
-        One deadline for both, because the close frame waits behind whatever
-        is being written: time the write does not use is the close frame's.
-        """
-        self.close_deadline = min(self.close_deadline, deadline)
-        for scope in self._in_flight:
-            scope.deadline = min(scope.deadline, deadline)
+        await self._stream.write((frame,))
+        self._count((frame,))
 
 
 async def _receive(ws: WebSocketConnection, sender: _Sender, echo: bool) -> Ending:
@@ -214,12 +153,12 @@ async def _cut_off(subscription: Subscription[bytes]) -> Ending:
     return TOO_SLOW
 
 
-async def _keepalive(sender: _Sender, interval: float) -> Ending:
+async def _keepalive(ws: WebSocketConnection, interval: float) -> Ending:
     while True:
         await trio.sleep(interval)
-        try:
-            await sender.ping(interval)
-        except Stuck:
+        with trio.move_on_after(interval) as waiting:
+            await ws.ping()
+        if waiting.cancelled_caught:
             return Ending(ABNORMAL, f"no pong within {interval:g} s")
 
 
@@ -231,6 +170,7 @@ async def _race(
     ws: WebSocketConnection,
     subscription: Subscription[bytes],
     sender: _Sender,
+    stream: FrameStream,
     config: Config,
 ) -> Ending:
     """Run the competing sides; the first to finish cancels the others."""
@@ -240,10 +180,10 @@ async def _race(
         nonlocal ending
         try:
             result = await side()
-        except ConnectionClosed as exc:
-            result = _closed_by_peer(exc.reason)
-        except Stuck as exc:
+        except WriteTimeout as exc:
             result = Ending(ABNORMAL, f"write stuck: {exc}")
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            result = _closed_by_peer(ws.closed)
         if ending is None:
             ending = result
         race.cancel_scope.cancel()
@@ -253,13 +193,14 @@ async def _race(
         race.start_soon(run, lambda: _broadcast(subscription, sender))
         race.start_soon(run, lambda: _cut_off(subscription))
         if config.ping_interval > 0:
-            race.start_soon(run, lambda: _keepalive(sender, config.ping_interval))
+            race.start_soon(run, lambda: _keepalive(ws, config.ping_interval))
         try:
             await _until_cancelled()
         finally:
             # The race is over, by a side finishing or by cancellation from
-            # outside: from now on, closing has close_timeout in all.
-            sender.finish_by(trio.current_time() + config.close_timeout)
+            # outside: from now on, closing has close_timeout in all, and that
+            # bounds a TLS write still in flight, which the nursery waits for.
+            stream.finish_by(trio.current_time() + config.close_timeout)
     assert ending is not None
     return ending
 
@@ -281,7 +222,7 @@ async def serve_client(
     config: Config,
     *,
     stop: trio.CancelScope,
-    transport: trio.abc.Stream,
+    stream: FrameStream,
     counters: Counters | None = None,
 ) -> Report:
     """Subscribe one accepted connection to ``hub`` and serve it until it ends.
@@ -290,32 +231,34 @@ async def serve_client(
 
     ``stop`` is the scope the server cancels to shut this client down: the race
     runs inside it, and the close that follows runs outside it, so a shutdown
-    still gets its 1001 close frame out. ``transport`` is the connection's own
-    stream: broadcast frames may be written to it directly, and it is closed
-    at once when the connection must be dropped rather than closed.
-    Closing takes at most ``config.close_timeout`` seconds in all. Messages
-    written are counted in ``counters``. A client that breaks the protocol gets
-    a close frame with 1002 or 1007 before its connection is dropped
+    still gets its 1001 close frame out. ``stream`` is the connection's
+    :class:`FrameStream`, the one ``ws`` was made on: broadcast frames and
+    echoes are written to it directly, and it is closed at once when the
+    connection must be dropped rather than closed. Closing takes at most
+    ``config.close_timeout`` seconds in all: finishing the frame in progress,
+    the close frame, and the client's reply. Messages written are counted in
+    ``counters``. A client that breaks the protocol gets a close frame with
+    1002 or 1007 before its connection is dropped
     (:func:`~trio_broadcast.protocol_errors.fix_close_handling`).
     """
     # Does nothing if it was already called on the request, before the 101: the
     # earlier the better, since a frame parsed before it gets no close frame.
     fix_close_handling(ws)
-    sender = _Sender(ws, transport, config.send_timeout, counters or Counters())
+    sender = _Sender(stream, counters or Counters())
     ending = GOING_AWAY
     subscription = hub.subscribe(deliver=sender.deliver_nowait)
     try:
         with stop, subscription:
-            ending = await _race(ws, subscription, sender, config)
+            ending = await _race(ws, subscription, sender, stream, config)
     except Exception:
         ending = INTERNAL_ERROR
         raise
     finally:
-        dropping = ending.code == ABNORMAL or sender.broken
-        sender.finish_by(trio.current_time() + config.close_timeout)  # if the race never ran
-        with trio.move_on_at(sender.close_deadline) as closing:
+        deadline = stream.finish_by(trio.current_time() + config.close_timeout)
+        dropping = ending.code == ABNORMAL or stream.broken
+        with trio.move_on_at(deadline) as closing:
             if not dropping:
                 await ws.aclose(ending.code, ending.reason)
-        if dropping or closing.cancelled_caught:
-            await trio.aclose_forcefully(transport)
+        if dropping or closing.cancelled_caught or stream.broken:
+            await trio.aclose_forcefully(stream)
     return Report(ending, sender.sent, subscription.dropped)

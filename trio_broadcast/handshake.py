@@ -9,9 +9,10 @@ so that:
 * a refusal (bad token or origin, too many clients) is a plain HTTP answer;
 * plain HTTP endpoints (:mod:`trio_broadcast.web`) share the port.
 
-An upgrade request is then handed to trio-websocket on a :class:`ReplayStream`,
-which returns the bytes already read before reading the socket again, so
-nothing is lost between the two parsers.
+An upgrade request is then handed to trio-websocket on a
+:class:`~trio_broadcast.frame_stream.FrameStream`, which returns the bytes
+already read before reading the socket again, so nothing is lost between the
+two parsers.
 """
 
 from __future__ import annotations
@@ -156,32 +157,3 @@ def http_response(status: int, body: str, headers: tuple[tuple[str, str], ...] =
         *(f"{name}: {value}" for name, value in headers),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
-
-
-class ReplayStream(trio.abc.Stream):
-    """A stream that first hands back bytes already read from it.
-
-    Lets a second parser (trio-websocket's) start from the beginning of a
-    connection that the first one (h11) has already read from.
-    """
-
-    def __init__(self, stream: trio.abc.Stream, already_read: bytes) -> None:
-        self._stream = stream
-        self._replay = already_read
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if not self._replay:
-            return await self._stream.receive_some(max_bytes)
-        await trio.lowlevel.checkpoint()
-        size = len(self._replay) if max_bytes is None else max_bytes
-        data, self._replay = self._replay[:size], self._replay[size:]
-        return data
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()

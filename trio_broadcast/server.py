@@ -53,10 +53,10 @@ from .client import GOING_AWAY, Report, serve_client
 from .config import Config
 from .counters import Counters
 from .fanout import Fanout
+from .frame_stream import FrameStream
 from .frames import encode_lines
 from .handshake import (
     BadRequest,
-    ReplayStream,
     RequestHead,
     http_response,
     read_request_head,
@@ -281,23 +281,24 @@ class Server:
 
     async def _handshake_and_serve(self, stream: trio.abc.Stream, peer: str) -> None:
         async with trio.open_nursery() as plumbing:  # trio-websocket's reader task
-            ws = await self._handshake(plumbing, stream, peer)
-            if ws is None:
+            accepted = await self._handshake(plumbing, stream, peer)
+            if accepted is None:
                 plumbing.cancel_scope.cancel()
                 return
             try:
-                await self._serve_accepted(ws, stream, peer)
+                await self._serve_accepted(*accepted, peer)
             finally:
                 self._clients -= 1
                 plumbing.cancel_scope.cancel()
 
     async def _handshake(
         self, plumbing: trio.Nursery, stream: trio.abc.Stream, peer: str
-    ) -> WebSocketConnection | None:
+    ) -> tuple[WebSocketConnection, FrameStream] | None:
         """Read the request head and answer it, within the handshake timeout.
 
         Returns the accepted WebSocket connection (already counted in
-        :attr:`clients`), or ``None`` once a plain HTTP request or a refusal has
+        :attr:`clients`) and the stream it was made on, which from then on is
+        the only writer to ``stream``; or ``None`` once a plain HTTP request or a refusal has
         been answered, or the time ran out. A method of its own, so that the
         request's objects are freed when it returns rather than kept for the
         whole life of the connection.
@@ -323,11 +324,10 @@ class Server:
                 await self._refuse(stream, peer, refusal)
                 return None
             self._clients += 1
+            frames = FrameStream(stream, head.raw, send_timeout=config.send_timeout)
             try:
                 request = await wrap_server_stream(
-                    plumbing,
-                    ReplayStream(stream, head.raw),
-                    max_message_size=config.max_message_size,
+                    plumbing, frames, max_message_size=config.max_message_size
                 )
                 # Before the 101, so that no frame of the client's is parsed without it.
                 fix_close_handling(request)
@@ -338,10 +338,11 @@ class Server:
                     self._clients -= 1
         if ws is None:
             log.debug("handshake with %s did not complete in time", peer)
-        return ws
+            return None
+        return ws, frames
 
     async def _serve_accepted(
-        self, ws: WebSocketConnection, stream: trio.abc.Stream, peer: str
+        self, ws: WebSocketConnection, stream: FrameStream, peer: str
     ) -> None:
         log.info("client %s connected (%d clients)", peer, self._clients)
         started = trio.current_time()
@@ -354,7 +355,7 @@ class Server:
                     self.hub,
                     self.config,
                     stop=stop,
-                    transport=stream,
+                    stream=stream,
                     counters=self.counters,
                 )
         finally:

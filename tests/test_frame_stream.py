@@ -1,0 +1,242 @@
+"""FrameStream with real tasks on a real socket pair: writers come, wait, get cancelled;
+the peer reads at its own pace; every byte it gets belongs to a whole frame, in order.
+
+The ordering itself is checked exhaustively without I/O in ``test_write_order``;
+this is the other half: the waiting, the hand-over between tasks, cancellation,
+the time limit, and TLS.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+import trustme
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_broadcast.frame_stream import FrameStream, WriteTimeout
+from trio_broadcast.frames import encode_lines
+from trio_broadcast.protocol_errors import IncompatibleWebSocket, check_compatible
+
+from .conftest import budget, ws_client
+from .server_frames import CLOSE, PING, Frame, ServerFrameParser
+from .test_frames import accepted_pair
+
+
+def control_frame(opcode: int, payload: bytes) -> bytes:
+    return bytes((0x80 | opcode, len(payload))) + payload
+
+
+@asynccontextmanager
+async def socket_pair(
+    sndbuf: int = 4096,
+) -> AsyncIterator[tuple[trio.SocketStream, trio.SocketStream]]:
+    """A connected pair of Unix stream sockets; the first has a small send buffer."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    ours = trio.SocketStream(trio.socket.from_stdlib_socket(a))
+    peer = trio.SocketStream(trio.socket.from_stdlib_socket(b))
+    async with ours, peer:
+        yield ours, peer
+
+
+class Peer:
+    """The client end: reads what it is told to, never waiting, and parses strictly."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.fd = stream.socket.fileno()
+        self.parser = ServerFrameParser()
+        self.frames: list[Frame] = []
+
+    def read(self, size: int) -> bytes:
+        """Take up to ``size`` bytes of what has arrived, without waiting."""
+        try:
+            data = os.read(self.fd, size)
+        except BlockingIOError:
+            return b""
+        self.frames.extend(self.parser.feed(data))
+        return data
+
+    async def read_to_end(self) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(self.fd)
+            if not self.read(65536):
+                return
+
+
+ACTIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("offer"), st.integers(1, 40)),
+        st.tuples(st.just("write"), st.integers(1, 40)),
+        st.tuples(st.just("echo"), st.integers(1, 4000)),
+        st.tuples(st.just("ping"), st.integers(0, 0)),
+        st.tuples(st.just("cancel"), st.integers(0, 0)),
+        st.tuples(st.just("read"), st.integers(1, 20000)),
+    ),
+    max_size=40,
+)
+
+
+@budget(60)
+@given(actions=ACTIONS, close=st.booleans())
+def test_concurrent_writers_never_split_a_frame(
+    actions: list[tuple[str, int]], close: bool
+) -> None:
+    trio.run(_run_writers, actions, close)
+
+
+async def _run_writers(actions: list[tuple[str, int]], close: bool) -> None:  # noqa: PLR0912
+    with trio.fail_after(10):
+        async with socket_pair() as (ours, theirs), trio.open_nursery() as nursery:
+            stream = FrameStream(ours, send_timeout=30)
+            peer = Peer(theirs)
+            data: list[bytes] = []  # payloads handed over as data, in order
+            control: list[bytes] = []
+            writers: list[trio.CancelScope] = []
+
+            async def write(frames: list[bytes], scope: trio.CancelScope) -> None:
+                with scope:
+                    await stream.write(frames)
+
+            async def send_all(frame: bytes, scope: trio.CancelScope) -> None:
+                with scope:
+                    await stream.send_all(frame)
+
+            for n, (action, size) in enumerate(actions):
+                scope = trio.CancelScope()
+                if action == "offer":
+                    texts = [f"offer {n}.{k} " + "o" * (size * 97 % 3000) for k in range(size)]
+                    if stream.offer(encode_lines(texts)):
+                        data.extend(text.encode() for text in texts)
+                        if stream.pending:
+                            nursery.start_soon(write, [], scope)
+                elif action in ("write", "echo"):
+                    count = size if action == "write" else 1
+                    texts = [f"{action} {n}.{k} " + "w" * (size % 5000) for k in range(count)]
+                    data.extend(text.encode() for text in texts)
+                    nursery.start_soon(write, encode_lines(texts), scope)
+                elif action == "ping":
+                    control.append(b"ping %d" % n)
+                    nursery.start_soon(send_all, control_frame(PING, control[-1]), scope)
+                elif action == "cancel" and writers:
+                    writers.pop(0).cancel()
+                elif action == "read":
+                    peer.read(size)
+                writers.append(scope)
+                await trio.testing.wait_all_tasks_blocked()
+            # Every writer still waiting is cancelled: what they handed over
+            # stays with the stream, and a last writer finishes it.
+            for scope in writers:
+                scope.cancel()
+            nursery.start_soon(peer.read_to_end)
+            if close:
+                await stream.send_all(control_frame(CLOSE, struct.pack("!H", 1000)))
+            else:
+                await stream.write()
+            await ours.aclose()
+    assert peer.parser.incomplete == 0
+    got_control = [f.payload for f in peer.frames if f.opcode == PING]
+    assert got_control == control
+    got_data = [f.payload for f in peer.frames if f.opcode not in (PING, CLOSE)]
+    if close:
+        assert peer.frames[-1].opcode == CLOSE
+        assert got_data == data[: len(got_data)]
+    else:
+        assert got_data == data
+
+
+async def test_a_write_that_cannot_finish_breaks_the_stream() -> None:
+    with trio.fail_after(5):
+        async with socket_pair() as (ours, _theirs):
+            stream = FrameStream(ours, send_timeout=0.2)
+            big = encode_lines(["x" * 100_000])
+            with pytest.raises(WriteTimeout):
+                await stream.write(big)
+            assert stream.broken
+            assert not stream.offer(encode_lines(["y"]))
+            with pytest.raises(trio.BrokenResourceError):
+                await stream.send_all(control_frame(CLOSE, b""))
+
+
+async def test_nothing_after_a_close_frame() -> None:
+    with trio.fail_after(5):
+        async with socket_pair() as (ours, theirs):
+            stream = FrameStream(ours, send_timeout=5)
+            await stream.send_all(control_frame(CLOSE, struct.pack("!H", 1001)))
+            with pytest.raises(trio.ClosedResourceError, match="close frame"):
+                await stream.write(encode_lines(["late"]))
+            assert not stream.offer(encode_lines(["late"]))
+            await ours.aclose()
+            peer = Peer(theirs)
+            with trio.fail_after(5):
+                await peer.read_to_end()
+            assert [f.opcode for f in peer.frames] == [CLOSE]
+
+
+async def test_replays_what_was_read_before_the_hand_over() -> None:
+    with trio.fail_after(5):
+        async with socket_pair() as (ours, theirs):
+            stream = FrameStream(ours, b"already read", send_timeout=5)
+            assert await stream.receive_some(7) == b"already"
+            assert await stream.receive_some() == b" read"
+            await theirs.send_all(b"then the socket")
+            assert await stream.receive_some(100) == b"then the socket"
+
+
+async def test_tls_keeps_the_order_through_send_all() -> None:
+    """Over TLS there is no non-blocking write: offer() declines, write() uses send_all."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    with trio.fail_after(5):
+        async with socket_pair(sndbuf=1 << 20) as (ours, theirs):
+            server = trio.SSLStream(ours, server_context, server_side=True)
+            client = trio.SSLStream(theirs, client_context, server_hostname="localhost")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.do_handshake)
+                await client.do_handshake()
+            stream = FrameStream(server, send_timeout=5)
+            frames = encode_lines([f"line {n} " + "t" * 900 for n in range(200)])
+            assert not stream.offer(frames)
+            parser = ServerFrameParser()
+            received: list[Frame] = []
+
+            async def read() -> None:
+                while len(received) < 201:
+                    received.extend(parser.feed(bytes(await client.receive_some(65536))))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                nursery.start_soon(stream.write, frames)
+                await trio.testing.wait_all_tasks_blocked()
+                await stream.send_all(control_frame(PING, b"p"))
+            assert [f.opcode for f in received].count(PING) == 1
+            assert [f.payload for f in received if f.opcode != PING] == [
+                f"line {n} ".encode() + b"t" * 900 for n in range(200)
+            ]
+            stream.finish_by(trio.current_time())
+
+
+async def test_the_protocol_fixes_work_on_this_trio_websocket_release() -> None:
+    """Fails loudly if an upgrade of trio-websocket changes the internals used."""
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            accepted, url = await accepted_pair(nursery)
+            async with ws_client(url):
+                check_compatible(await accepted.receive())
+            nursery.cancel_scope.cancel()
+
+
+def test_a_changed_connection_is_refused_loudly() -> None:
+    with pytest.raises(IncompatibleWebSocket, match="internals changed"):
+        check_compatible(object())  # type: ignore[arg-type]

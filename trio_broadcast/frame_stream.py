@@ -1,0 +1,258 @@
+"""The one writer of a connection: every byte to the client goes through here, frame by frame.
+
+A WebSocket connection has several tasks with something to send: the
+publisher (broadcast frames, written without waking anyone), the client's own
+task (queued frames, echoes), and trio-websocket's tasks (the handshake
+response, pongs, pings, close frames). A frame is a header that announces a
+length, then that many bytes; if another writer's bytes land before the last
+of them, the client parses them as payload and the rest of the stream as
+garbage. :class:`FrameStream` is the stream handed to trio-websocket and the
+only object that writes to the socket, and it keeps one rule:
+
+    **Once the first byte of a frame is written, every byte of that frame is
+    written before any other byte.**
+
+Everything else follows from who may go next, once the frame in progress
+(if any) is finished:
+
+1. control frames and the handshake response (what trio-websocket sends
+   through :meth:`send_all`), in the order they came: a pong or a close
+   reply waits for one frame at most, never for a backlog of broadcast lines;
+2. data frames (:meth:`offer` and :meth:`write`), in the order they came;
+3. nothing after a close frame: data still waiting is dropped, and later
+   writes fail with :class:`trio.ClosedResourceError`.
+
+That order is decided by :class:`~trio_broadcast.write_order.WriteOrder`,
+a pure queue tested without sockets; this module does the writing and the
+waiting.
+
+Bytes handed over belong to the stream: a writer that is cancelled while it
+waits (for the socket, or for another writer) leaves them queued, and
+whichever task writes next finishes them first. So cancelling a writer never
+cuts a frame, and no write needs a shield on a plain socket. A write that
+cannot finish within ``send_timeout`` breaks the stream
+(:class:`WriteTimeout`): it may end mid-frame, so nothing more may be sent on
+it, not even a close frame, and the connection must be dropped.
+
+On a plain TCP socket, writes are non-blocking ``os.writev`` calls of the
+waiting frames, as they are (no copy per client), and a wait for the socket to
+become writable in between; so the publisher's :meth:`offer` costs one system
+call and no task switch per client, and a control frame can slip in at the
+very next frame boundary. Over TLS, the same order is kept with
+``send_all`` of up to :data:`TLS_WRITE_SIZE` bytes at a time, shielded
+from cancellation (a cancelled TLS write breaks the TLS stream) and bounded by
+the same deadline, which :meth:`finish_by` can shorten when the connection is
+being closed.
+
+The receiving side first hands back the bytes already read by the HTTP parser
+(:mod:`trio_broadcast.handshake`), then reads the transport.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import trio
+
+from .write_order import WriteOrder
+
+TLS_WRITE_SIZE = 64 * 1024
+"""Bytes of whole frames (at least one) joined for one TLS ``send_all``."""
+
+
+class WriteTimeout(trio.BrokenResourceError):
+    """A write did not finish within ``send_timeout``; the stream may end mid-frame."""
+
+
+class FrameStream(trio.abc.Stream):
+    """A connection's transport, as trio-websocket sees it, and its only writer.
+
+    ``already_read`` is what the HTTP parser read from ``transport`` before
+    the connection was handed over; ``receive_some`` returns it first.
+    """
+
+    def __init__(
+        self, transport: trio.abc.Stream, already_read: bytes = b"", *, send_timeout: float
+    ) -> None:
+        self.transport = transport
+        self._replay = already_read
+        self._socket = transport.socket if isinstance(transport, trio.SocketStream) else None
+        self._send_timeout = send_timeout
+        self._order = WriteOrder()
+        self._writing = False
+        """A task is in the write loop; the others wait in :attr:`_progress`."""
+        self._progress = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self.broken = False
+        """A write did not finish: the peer may have part of a frame, so nothing
+        more may be written; the connection must be dropped."""
+        self._finish_by = math.inf
+        self._tls_write: trio.CancelScope | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether bytes handed over are still waiting to be written."""
+        return self._order.pending
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if not self._replay:
+            return await self.transport.receive_some(max_bytes)
+        await trio.lowlevel.checkpoint()
+        size = len(self._replay) if max_bytes is None else max_bytes
+        data, self._replay = self._replay[:size], self._replay[size:]
+        return data
+
+    def offer(self, frames: Sequence[bytes]) -> bool:
+        """Take ``frames`` and write what the socket takes now, if the stream is idle.
+
+        Never yields and never raises. Returns ``False``, having taken nothing,
+        unless the transport is a plain socket, nothing is waiting or being
+        written, and the connection is usable: the caller keeps the frames and
+        uses :meth:`write` later. Returns ``True`` once the frames are the
+        stream's; if :attr:`pending` is then true, the socket took only part of
+        them, and the next write (of anyone) finishes them first: call
+        :meth:`write` soon, with nothing more if need be.
+        """
+        if self._socket is None or self._writing or self.pending or self._unusable(data=True):
+            return False
+        self._order.add_data(frames)
+        # On a broken connection the frames stay pending: the next write() says so.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self._write_nowait()
+        return True
+
+    async def write(self, frames: Sequence[bytes] = ()) -> None:
+        """Write data frames after everything handed over before them.
+
+        Returns once they are written: at once, without yielding, when the
+        socket takes them. With no frames, finishes the data that is pending
+        (what :meth:`offer` left). Raises :class:`trio.ClosedResourceError`
+        once a close frame was sent or the stream closed, :class:`WriteTimeout`
+        if they are not written within ``send_timeout``, and
+        :class:`trio.BrokenResourceError` if the connection broke. Cancelling
+        it leaves the frames to be finished by the next writer.
+        """
+        self._raise_if_unusable(data=True)
+        last = self._order.add_data(frames)
+        await self._write_until(lambda: self._order.data_out >= last, data=True)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """trio-websocket's writes: one control frame, or the handshake response, per call.
+
+        They go before any data frame still waiting (after the frame in
+        progress). A close frame is the last thing written: data frames still
+        waiting are dropped, and their writers get
+        :class:`trio.ClosedResourceError`. Raises like :meth:`write`.
+        """
+        self._raise_if_unusable(data=True)
+        last = self._order.add_control(bytes(data))
+        await self._write_until(lambda: self._order.control_out >= last, data=False)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    def finish_by(self, deadline: float) -> float:
+        """Writes from now on, including a TLS write in flight, must end by ``deadline``.
+
+        Used when the connection is being closed: the close frame waits behind
+        the frame in progress, and both must fit in the time closing has.
+        Returns the deadline in force (the earliest one given).
+        """
+        self._finish_by = min(self._finish_by, deadline)
+        if self._tls_write is not None:
+            self._tls_write.deadline = min(self._tls_write.deadline, self._finish_by)
+        return self._finish_by
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._progress.unpark_all()
+        await self.transport.aclose()
+
+    def _unusable(self, *, data: bool) -> str | None:
+        """Why nothing (``data``: no data frame) may be written now, or ``None``."""
+        if self.broken:
+            return "a write did not finish: the stream may end mid-frame"
+        if self._closed:
+            return "the stream is closed"
+        if data and self._order.closing:
+            return "a close frame was sent: nothing may follow it"
+        return None
+
+    def _raise_if_unusable(self, *, data: bool) -> None:
+        why = self._unusable(data=data)
+        if why is not None:
+            error = trio.BrokenResourceError if self.broken else trio.ClosedResourceError
+            raise error(why)
+
+    async def _write_until(self, done: Callable[[], bool], *, data: bool) -> None:
+        """Write, or wait for the task that is writing, until ``done()``."""
+        deadline = min(trio.current_time() + self._send_timeout, self._finish_by)
+        with trio.move_on_at(deadline) as timer:
+            while not done():
+                self._raise_if_unusable(data=data)
+                if self._writing:
+                    await self._progress.park()
+                    continue
+                self._writing = True
+                try:
+                    await self._write_while(done, deadline)
+                finally:
+                    self._writing = False
+                    self._progress.unpark_all()  # one of them writes next
+        if timer.cancelled_caught:
+            self.broken = True
+            self._progress.unpark_all()
+            raise WriteTimeout(f"a write did not finish within {self._send_timeout:g} s")
+
+    async def _write_while(self, done: Callable[[], bool], deadline: float) -> None:
+        while not done():
+            if self._socket is None:
+                await self._send_tls(deadline)
+            elif not self._write_nowait():
+                await trio.lowlevel.wait_writable(self._socket)
+            if len(self._progress):
+                self._progress.unpark_all()  # those whose frames are out may go on
+
+    def _write_nowait(self) -> bool:
+        """One non-blocking ``writev``; whether the socket took all that was offered."""
+        assert self._socket is not None
+        frames, control = self._order.next_frames()
+        fd = self._socket.fileno()
+        if fd < 0:  # closed under us: the number may already belong to another socket
+            self._closed = True
+            raise trio.ClosedResourceError("the socket was closed")
+        try:
+            written = os.writev(fd, frames)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self.broken = True
+            raise trio.BrokenResourceError(f"the connection broke: {exc}") from None
+        self._order.consume(written, control)
+        return written == sum(map(len, frames))
+
+    async def _send_tls(self, deadline: float) -> None:
+        frames, control = self._order.next_frames()
+        chunk: list[bytes | memoryview] = []
+        size = 0
+        for frame in frames:
+            chunk.append(frame)
+            size += len(frame)
+            if size >= TLS_WRITE_SIZE:
+                break
+        with trio.CancelScope(shield=True, deadline=min(deadline, self._finish_by)) as scope:
+            self._tls_write = scope
+            try:
+                await self.transport.send_all(b"".join(chunk))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.broken = True
+                raise
+            finally:
+                self._tls_write = None
+        if scope.cancelled_caught:
+            self.broken = True
+            raise WriteTimeout(f"a TLS write did not finish within {self._send_timeout:g} s")
+        self._order.consume(size, control)
