@@ -23,7 +23,8 @@ What is covered:
   ``--log-level``, ``--version`` (also as ``python -m trio_broadcast``) and bad
   option values;
 * the log: hostile close reasons, request lines and headers leave every line
-  with the server's prefix, printable and bounded;
+  with the server's prefix, printable and bounded; the token never appears in
+  it, even at ``--log-level debug``;
 * faults: a client that stops reading, one that vanishes, plain HTTP, garbage,
   a handshake that never completes, SIGINT/SIGTERM (and a second signal), a port
   in use, a privileged port, a bad certificate; standard input as a regular
@@ -799,6 +800,38 @@ async def test_client_text_cannot_forge_or_flood_log_lines() -> None:
     assert f"client 127.0.0.1:{client.port} connection ended with 1000 ({reason})" in stderr
     assert stderr.count(": DEBUG: bad request from 127.0.0.1:") == 3, stderr
     assert ": INFO: refused 127.0.0.1:" in stderr
+
+
+async def test_the_token_never_reaches_the_log(tmp_path: Path) -> None:
+    token = "s3cret-" + os.urandom(8).hex()
+    (tmp_path / "token").write_text(token + "\n")
+    upgrade = (
+        "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    )
+    requests = [
+        f"GET /?token={token}\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        f"GET /?x=1&%74oken={token}#\x1b HTTP/1.1\r\nHost: x\r\n\r\n",
+        f"GET / HTTP/1.1\r\nHost: x\r\nAuthorization : Bearer {token}\r\n\r\n",
+        f"GET / HTTP/1.1\r\nHost: x\r\nAuthorization\x01: Token {token}\r\n\r\n",
+        f"GET /?token={token} HTTP/1.1\r\n{upgrade}Origin: https://evil.example\r\n\r\n",
+        f"POST /?token={token} HTTP/1.1\r\n{upgrade}Authorization: Bearer {token}\r\n\r\n",
+    ]
+    with trio.fail_after(10):
+        async with running_command(
+            *("--log-level", "debug", "--token-file", str(tmp_path / "token")),
+            *("--allowed-origin", "https://a.example"),
+        ) as process:
+            for request in requests:
+                await refused(url_port(process.url), request.encode())
+            headers = {"Authorization": f"Bearer {token}"}
+            async with ws(f"{process.url}?token={token}", additional_headers=headers) as client:
+                await echoes(client, "let in")
+            stderr = await stop(process)
+    assert token not in stderr, stderr
+    assert stderr.count(": DEBUG: bad request from 127.0.0.1:") == 4, stderr
+    assert stderr.count(": INFO: refused 127.0.0.1:") == 2, stderr
+    assert ": INFO: client 127.0.0.1:" in stderr, stderr
 
 
 @pytest.mark.parametrize(

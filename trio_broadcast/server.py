@@ -61,7 +61,7 @@ from .handshake import (
     http_response,
     read_request_head,
 )
-from .log_text import quote
+from .log_text import quote, redact
 from .protocol_errors import fix_close_handling
 from .signals import StopSignals
 from .stdin import Publish
@@ -310,7 +310,7 @@ class Server:
             try:
                 head = await read_request_head(stream, config.max_request_head)
             except BadRequest as exc:
-                log.debug("bad request from %s: %s", peer, quote(str(exc)))
+                log.debug("bad request from %s: %s", peer, quote(redact(str(exc))))
                 await stream.send_all(http_response(exc.status, f"{exc}\n"))
                 return None
             if head is None:
