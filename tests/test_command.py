@@ -22,6 +22,9 @@ What is covered:
   ``--ping-interval``, ``--handshake-timeout``, ``--certfile``/``--keyfile``,
   ``--log-level``, ``--version`` (also as ``python -m trio_broadcast``) and bad
   option values;
+* the log: hostile close reasons, request lines and headers leave every line
+  with the server's prefix, printable and bounded; the token never appears in
+  it, even at ``--log-level debug``;
 * faults: a client that stops reading, one that vanishes, plain HTTP, garbage,
   a handshake that never completes, SIGINT/SIGTERM (and a second signal), a port
   in use, a privileged port, a bad certificate; standard input as a regular
@@ -742,6 +745,93 @@ async def test_log_level_warning_logs_nothing_for_clients() -> None:
             code, stderr = await exited(process)
             assert code == 0, stderr
             assert stderr.splitlines() == [f"{PROG}: listening on {process.url}"]
+
+
+LOG_LINE = re.compile(rf"{PROG}: (listening on |(DEBUG|INFO|WARNING|ERROR|CRITICAL): )")
+FORGED_REASON = "\r\nclient 1.2.3.4:5 connected (9 clients)\x1b]0;pwned\x07\x1b[2J\u2028\u202e"
+HOSTILE_REQUESTS = [
+    b"GET /\x1b[2J\r\nclient 1.2.3.4:5 connected (9 clients) HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Evil\x1b]0;pwned\x07: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 3000 + b"\x00\r\n\r\n",
+    b"A" * 3000 + b" / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+]
+
+
+async def refused(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a raw connection; the server's whole answer, a 4xx."""
+    client = await RawClient.open(port)
+    try:
+        await client.stream.send_all(request)
+        answer = await client.read_to_end()
+    finally:
+        await client.aclose()
+    assert answer.startswith(b"HTTP/1.1 4"), answer
+    return answer
+
+
+def log_lines(stderr: str) -> list[str]:
+    """The server's stderr, split on newlines only (not on U+2028 and the like)."""
+    lines = stderr.split("\n")
+    assert lines.pop() == "", "stderr does not end with a newline"
+    return lines
+
+
+async def test_client_text_cannot_forge_or_flood_log_lines() -> None:
+    with trio.fail_after(10):
+        async with running_command("--log-level", "debug") as process:
+            port = url_port(process.url)
+            client = await RawClient.handshake(port)
+            try:
+                await client.send_frame(CLOSE, struct.pack("!H", 1000) + FORGED_REASON.encode())
+                frames = await client.read_until_gone()
+            finally:
+                await client.aclose()
+            assert [frame.close_code for frame in frames] == [1000]
+            await process.read_stderr_until(rf"client 127\.0\.0\.1:{client.port} connection ended")
+            for request in HOSTILE_REQUESTS:
+                await refused(port, request)
+            stderr = await stop(process)
+    for line in log_lines(stderr):
+        assert LOG_LINE.match(line), ascii(line)
+        assert line.isprintable(), ascii(line)
+        assert len(line) <= 500, line[:300]
+    reason = r"\r\nclient 1.2.3.4:5 connected (9 clients)\x1b]0;pwned\x07\x1b[2J\u2028\u202e"
+    assert f"client 127.0.0.1:{client.port} connection ended with 1000 ({reason})" in stderr
+    assert stderr.count(": DEBUG: bad request from 127.0.0.1:") == 3, stderr
+    assert ": INFO: refused 127.0.0.1:" in stderr
+
+
+async def test_the_token_never_reaches_the_log(tmp_path: Path) -> None:
+    token = "s3cret-" + os.urandom(8).hex()
+    (tmp_path / "token").write_text(token + "\n")
+    upgrade = (
+        "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    )
+    requests = [
+        f"GET /?token={token}\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        f"GET /?x=1&%74oken={token}#\x1b HTTP/1.1\r\nHost: x\r\n\r\n",
+        f"GET / HTTP/1.1\r\nHost: x\r\nAuthorization : Bearer {token}\r\n\r\n",
+        f"GET / HTTP/1.1\r\nHost: x\r\nAuthorization\x01: Token {token}\r\n\r\n",
+        f"GET /?token={token} HTTP/1.1\r\n{upgrade}Origin: https://evil.example\r\n\r\n",
+        f"POST /?token={token} HTTP/1.1\r\n{upgrade}Authorization: Bearer {token}\r\n\r\n",
+    ]
+    with trio.fail_after(10):
+        async with running_command(
+            *("--log-level", "debug", "--token-file", str(tmp_path / "token")),
+            *("--allowed-origin", "https://a.example"),
+        ) as process:
+            for request in requests:
+                await refused(url_port(process.url), request.encode())
+            headers = {"Authorization": f"Bearer {token}"}
+            async with ws(f"{process.url}?token={token}", additional_headers=headers) as client:
+                await echoes(client, "let in")
+            stderr = await stop(process)
+    assert token not in stderr, stderr
+    assert stderr.count(": DEBUG: bad request from 127.0.0.1:") == 4, stderr
+    assert stderr.count(": INFO: refused 127.0.0.1:") == 2, stderr
+    assert ": INFO: client 127.0.0.1:" in stderr, stderr
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import trio
 from . import __version__, redis_stream
 from .config import Config, OnFull
 from .counters import Counters
+from .log_text import LogFormatter
 from .server import LineSource, Server, StartupError, run
 from .stdin import read_lines
 
@@ -295,11 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"{PROG}: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter(f"{PROG}: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     _hold_stdin_slot()
     counters = Counters()
     # coredis logs each lost connection with a traceback; the reader and the

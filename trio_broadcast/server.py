@@ -61,6 +61,7 @@ from .handshake import (
     http_response,
     read_request_head,
 )
+from .log_text import quote, redact
 from .protocol_errors import fix_close_handling
 from .signals import StopSignals
 from .stdin import Publish
@@ -235,7 +236,7 @@ class Server:
         try:
             await self._handshake_and_serve(stream, peer)
         except* _DISCONNECTS as group:
-            log.debug("connection from %s lost: %r", peer, group.exceptions[0])
+            log.debug("connection from %s lost: %s", peer, quote(repr(group.exceptions[0])))
         except* Exception:
             log.exception("unexpected error on the connection from %s", peer)
         finally:
@@ -274,7 +275,7 @@ class Server:
             more = (
                 f" ({held_back} more refused for this since the last report)" if held_back else ""
             )
-            log.info("refused %s: %s%s", peer, refusal.message, more)
+            log.info("refused %s: %s%s", peer, quote(refusal.message), more)
         await stream.send_all(
             http_response(refusal.status, refusal.message + "\n", refusal.headers)
         )
@@ -310,7 +311,7 @@ class Server:
             try:
                 head = await read_request_head(stream, config.max_request_head)
             except BadRequest as exc:
-                log.debug("bad request from %s: %s", peer, exc)
+                log.debug("bad request from %s: %s", peer, quote(redact(str(exc))))
                 await stream.send_all(http_response(exc.status, f"{exc}\n"))
                 return None
             if head is None:
@@ -362,7 +363,7 @@ class Server:
             log.info(
                 "client %s %s after %.1f s, %d messages sent%s",
                 peer,
-                report.ending,
+                quote(str(report.ending)),  # it holds the peer's close reason
                 trio.current_time() - started,
                 report.sent,
                 f", {report.dropped} dropped" if report.dropped else "",
