@@ -130,19 +130,21 @@ class Script:
 
 # --- well-formed conversations ----------------------------------------------------
 
+
+def text_of_size(size: int, char: str) -> str:
+    """``char`` repeated, then ASCII: ``size`` bytes of UTF-8, which the limit counts."""
+    width = len(char.encode())
+    return char * (size // width) + "a" * (size % width)
+
+
 SMALL_TEXT = st.text(max_size=40)
 LARGE_SIZES = st.integers(MAX_MESSAGE_SIZE - 8, MAX_MESSAGE_SIZE + 8)
-TEXTS = st.one_of(SMALL_TEXT, st.builds(lambda n, c: c * n, LARGE_SIZES, st.sampled_from("aé€")))
+TEXTS = st.one_of(SMALL_TEXT, st.builds(text_of_size, LARGE_SIZES, st.sampled_from("aé€😀")))
 BINARIES = st.one_of(st.binary(max_size=40), LARGE_SIZES.map(lambda n: b"\x00" * n))
 CONTROL_PAYLOADS = st.binary(max_size=125)
 MASKS = st.one_of(st.just(b"\x00\x00\x00\x00"), st.binary(min_size=4, max_size=4))
 ITEMS = st.sampled_from(["text", "binary", "ping", "pong"])
 REASONS = st.text(max_size=20)
-
-
-def size_of(message: str | bytes) -> int:
-    """The size trio-websocket compares with ``max_message_size``: characters or bytes."""
-    return len(message)
 
 
 @st.composite
@@ -167,7 +169,7 @@ def conversations(draw: st.DrawFn) -> tuple[list[Frame], Expected]:
     for _ in range(draw(st.integers(0, 5))):
         item = draw(ITEMS)
         if item in ("text", "binary"):
-            message: str | bytes = draw(TEXTS if item == "text" else BINARIES)
+            message: str | bytes = draw(TEXTS) if item == "text" else draw(BINARIES)
             frames += draw(message_frames(message))
         else:
             opcode = PING if item == "ping" else PONG
@@ -198,8 +200,8 @@ def expect(frames: list[Frame]) -> Expected:
                 is_text = frame.opcode == TEXT
             parts.append(frame.payload)
             data = b"".join(parts)
-            # trio-websocket counts characters as they arrive: those decoded so far.
-            size = len(data.decode(errors="ignore")) if is_text else len(data)
+            # Text counts the UTF-8 bytes of the characters decoded so far.
+            size = len(data.decode(errors="ignore").encode()) if is_text else len(data)
             if size > MAX_MESSAGE_SIZE:
                 expected.close = 1009
                 break
