@@ -5,7 +5,9 @@ After a valid handshake by hand, the fuzz client sends one of:
 * a *conversation*: text and binary messages (fragmented at random byte
   offsets, UTF-8 sequences included), pings and pongs between and inside
   them, masked with random keys, perhaps a message over the server's
-  ``max_message_size``, perhaps a close frame with a valid code and reason;
+  ``max_message_size`` (in UTF-8 bytes), perhaps a flood of empty
+  continuation frames about as long as a message may span, perhaps a close
+  frame with a valid code and reason;
 * the same, broken: reserved opcodes, RSV bits, no mask, announced lengths
   that lie (or use the 16- and 64-bit forms, with the top bit set), oversized
   or fragmented control frames, a continuation with nothing to continue, a
@@ -26,7 +28,8 @@ after a close frame, and a close code a server may send, never 1011 (internal
 error). For a conversation the answer is known exactly: each complete message
 echoed in order (the last ones may be missing once the connection ends, since
 an echo is never written after the close has begun), a pong for each ping
-with its payload, and the close code echoed, or 1009 for the oversized message.
+with its payload, and the close code echoed, or 1009 for the oversized message,
+1008 for one still unfinished after the most fragments a message may span.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
+
+from trio_broadcast.protocol_errors import max_fragments
 
 from ..conftest import wait_until
 from .harness import (
@@ -143,7 +148,11 @@ TEXTS = st.one_of(SMALL_TEXT, st.builds(text_of_size, LARGE_SIZES, st.sampled_fr
 BINARIES = st.one_of(st.binary(max_size=40), LARGE_SIZES.map(lambda n: b"\x00" * n))
 CONTROL_PAYLOADS = st.binary(max_size=125)
 MASKS = st.one_of(st.just(b"\x00\x00\x00\x00"), st.binary(min_size=4, max_size=4))
-ITEMS = st.sampled_from(["text", "binary", "ping", "pong"])
+ITEMS = st.sampled_from(["text", "binary", "ping", "pong"] * 4 + ["flood"])
+"""A flood is one item in 17: it costs as much as many others."""
+FRAGMENTS = max_fragments(MAX_MESSAGE_SIZE)
+"""The most frames a message may span (1,024 here)."""
+FLOOD_SIZES = st.integers(FRAGMENTS - 2, FRAGMENTS + 2)
 REASONS = st.text(max_size=20)
 
 
@@ -164,6 +173,14 @@ def message_frames(draw: st.DrawFn, message: str | bytes) -> list[Frame]:
 
 
 @st.composite
+def flood_frames(draw: st.DrawFn) -> list[Frame]:
+    """A text message in about as many frames as one may span, all empty but the last."""
+    count = draw(FLOOD_SIZES)
+    empty = [Frame(CONTINUATION, fin=False)] * (count - 2)
+    return [Frame(TEXT, fin=False), *empty, Frame(CONTINUATION, b"flood")]
+
+
+@st.composite
 def conversations(draw: st.DrawFn) -> tuple[list[Frame], Expected]:
     frames: list[Frame] = []
     for _ in range(draw(st.integers(0, 5))):
@@ -171,6 +188,8 @@ def conversations(draw: st.DrawFn) -> tuple[list[Frame], Expected]:
         if item in ("text", "binary"):
             message: str | bytes = draw(TEXTS) if item == "text" else draw(BINARIES)
             frames += draw(message_frames(message))
+        elif item == "flood":
+            frames += draw(flood_frames())
         else:
             opcode = PING if item == "ping" else PONG
             frames.append(Frame(opcode, draw(CONTROL_PAYLOADS), mask=draw(MASKS)))
@@ -208,6 +227,9 @@ def expect(frames: list[Frame]) -> Expected:
             if frame.fin:
                 expected.echoes.append(data.decode() if is_text else data)
                 parts = []
+            elif len(parts) == FRAGMENTS:
+                expected.close = 1008  # the message goes on after its last allowed frame
+                break
     return expected
 
 
