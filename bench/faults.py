@@ -8,7 +8,7 @@ core 0; the Node load generator on core 1, as in ``bench/run.py``):
 
 1. **Storm.** Well-behaved clients (Node, ``bench/loadgen/loadgen.js``)
    receive lines streamed at 1,000/s while misbehaving ones
-   (``bench/misbehave.py``, 5 % of all) cycle through seven faults. Checks:
+   (``bench/misbehave.py``, 5 % of all) cycle through eight faults. Checks:
    the well-behaved lose no line and none is disconnected; every misbehaving
    connection ends; the server's descriptors come back to where they started;
    its log has no traceback.
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import probe
+from misbehave import BEHAVIOURS
 from run import (
     BENCH,
     LOAD_CORE,
@@ -304,7 +305,11 @@ def check_storm(r: Result, good: int, check: Checks) -> None:
     check(lost == 0, f"lines lost by well-behaved clients: {lost} of {lines * good:,}")
     check(r["disorder"] == 0, f"lines out of order: {r['disorder']}")
     check(r["well_behaved_closed"] == 0, "no well-behaved client disconnected")
-    check(len(r["behaviours"]) == 7, f"all 7 misbehaviours ran ({r['misbehaving_runs']} runs)")
+    kinds = len(BEHAVIOURS)
+    check(
+        len(r["behaviours"]) == kinds,
+        f"all {kinds} misbehaviours ran ({r['misbehaving_runs']} runs)",
+    )
     check(r["unended"] == 0, f"every misbehaving connection ended ({r['unended']} did not)")
     check(r["errors"] == 0, f"misbehaving clients met no unexpected error ({r['errors']})")
     check(r["server_alive"], "the server kept running")

@@ -38,6 +38,9 @@ PAUSE = 0.5
 """Seconds between two runs of one slot: the storm's pacing, not a synchronisation."""
 OVERSIZED = 2 << 20
 """Bytes in an oversized message: twice the server's default --max-message-size."""
+FLOOD_FRAMES = 2_000_000
+"""Empty continuation frames a fragment flood sends at most (12 MB): the review's
+flood, which the server once took whole without refusing it."""
 CLOSE = 0x8
 
 
@@ -133,14 +136,15 @@ def request(host: str, port: int) -> bytes:
     ).encode()
 
 
-def masked_header(opcode: int, length: int, mask: bytes) -> bytes:
-    """The head of a final, masked client frame of ``length`` payload bytes."""
+def masked_header(opcode: int, length: int, mask: bytes, *, fin: bool = True) -> bytes:
+    """The head of a masked client frame: ``length`` payload bytes, final if ``fin``."""
+    first = (0x80 if fin else 0) | opcode
     if length < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+        head = struct.pack("!BB", first, 0x80 | length)
     elif length < 1 << 16:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+        head = struct.pack("!BBH", first, 0x80 | 126, length)
     else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+        head = struct.pack("!BBQ", first, 0x80 | 127, length)
     return head + mask
 
 
@@ -258,6 +262,33 @@ async def oversized(peer: Peer, host: str, port: int, config: dict[str, Any]) ->
     return outcome
 
 
+async def fragment_flood(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
+    """Start a text message, then continue it with empty frames: the server must refuse it.
+
+    Each empty continuation frame is 6 bytes; the server allows a message one
+    fragment per 64 bytes of its limit (16,384 for the default 1 MiB) and
+    closes with 1008 after that.
+    """
+    await peer.handshake(host, port)
+    mask = b"\0\0\0\0"
+    batch = 10_000
+    async with trio.open_nursery() as nursery:
+
+        async def send_it() -> None:
+            try:
+                await peer.send(masked_header(0x1, 0, mask, fin=False))
+                frames = masked_header(0x0, 0, mask, fin=False) * batch
+                for _ in range(FLOOD_FRAMES // batch):
+                    await peer.send(frames)
+            except OSError:
+                pass  # the server closed while we were still sending
+
+        nursery.start_soon(send_it)
+        outcome = await peer.until_closed()
+        nursery.cancel_scope.cancel()
+    return outcome
+
+
 async def invalid_utf8(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
     """Send a text message that is not UTF-8: the server must end the connection."""
     await peer.handshake(host, port)
@@ -278,6 +309,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "half_open": half_open,
     "slowloris": slowloris,
     "oversized": oversized,
+    "fragment_flood": fragment_flood,
     "invalid_utf8": invalid_utf8,
     "no_handshake": no_handshake,
 }

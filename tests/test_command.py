@@ -67,7 +67,7 @@ pytestmark = pytest.mark.e2e
 PROG = "trio-broadcast"
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_TIMEOUT = trio_broadcast.Config().close_timeout
-TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
+TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -568,8 +568,10 @@ async def test_out_of_file_descriptors_refuses_with_503_then_recovers() -> None:
         ("x" * 100, "y" * 101),
         (b"x" * 100, b"y" * 101),
         (["x" * 50, "x" * 50], ["y" * 60, "y" * 41]),
+        ("é" * 50, "é" * 51),
+        (["😀" * 12, "😀" * 13], ["😀" * 13, "😀" * 13]),
     ],
-    ids=["text", "binary", "fragmented"],
+    ids=["text", "binary", "fragmented", "utf8", "utf8-fragmented"],
 )
 async def test_max_message_size_closes_with_1009(
     fits: str | bytes | list[str], too_large: str | bytes | list[str]
@@ -590,6 +592,104 @@ async def test_max_message_size_closes_with_1009(
                 assert closed.value.rcvd.code == 1009
             async with ws(process.url) as other:
                 await echoes(other, "others are still served")
+            await stop(process)
+
+
+def message_frames(opcode: int, pieces: list[bytes], *, final: bool = True) -> bytes:
+    """One message from a client, a frame per piece (continuations after the first).
+
+    Masked with a zero key, which leaves the payload as it is. ``final=False``
+    leaves the last frame unfinished too: the message goes on.
+    """
+    frames = bytearray()
+    for i, piece in enumerate(pieces):
+        fin = 0x80 if final and i == len(pieces) - 1 else 0
+        assert len(piece) < 126
+        frames += bytes([fin | (0 if i else opcode), 0x80 | len(piece)]) + bytes(4) + piece
+    return bytes(frames)
+
+
+ASCII_100 = bytes(range(32, 127))[:100]
+
+
+@pytest.mark.parametrize(
+    ("args", "opcode", "pieces"),
+    [
+        ([], TEXT, [ASCII_100] * 1000),
+        ([], TEXT, [bytes([b]) for b in ("é€😀a" * 300).encode()]),
+        ([], BINARY, [bytes([b]) for b in bytes(range(256)) * 10]),
+        (["--max-message-size", "1000"], TEXT, [b""] * 1014 + [b"x" * 100] * 10),
+    ],
+    ids=["1000x100-bytes", "utf8-cut-in-every-byte", "binary-1-byte", "1024-frames-1000-bytes"],
+)
+async def test_a_message_in_many_fragments_is_echoed_whole(
+    args: list[str], opcode: int, pieces: list[bytes]
+) -> None:
+    """Fragments are joined into one message, echoed as one frame.
+
+    Text may be cut inside a character. The last case is exactly at both
+    limits: 1,000 bytes in 1,024 frames, the most a 1,000-byte limit allows.
+    """
+    with trio.fail_after(10):
+        async with running_command(*args) as process:
+            client = await RawClient.handshake(url_port(process.url))
+            try:
+                await client.stream.send_all(message_frames(opcode, pieces))
+                frame = await client.read_frame()
+            finally:
+                await client.aclose()
+            assert frame == Frame(opcode, b"".join(pieces))
+            await stop(process)
+
+
+@pytest.mark.parametrize(
+    ("args", "piece", "bound"),
+    [(["--max-message-size", "1000"], b"", 1024), ([], b"ab", 16384)],
+    ids=["empty-frames-limit-1000", "2-byte-frames-default-limit"],
+)
+async def test_a_fragment_flood_is_refused_within_the_bound(
+    args: list[str], piece: bytes, bound: int
+) -> None:
+    """A message still unfinished after its 1,024th fragment (or one per 64 bytes
+    of the limit, if more) is refused with 1008 then and there: the client sends
+    no frame more, and gets the close frame.
+
+    Empty continuation frames did not count at all, and 2-byte ones only by
+    their bytes: trio-websocket kept them all, one Python object each.
+    """
+    with trio.fail_after(15):
+        async with running_command(*args) as process:
+            async with ws(process.url) as bystander:
+                flood = await RawClient.handshake(url_port(process.url))
+                frames: list[Frame] = []
+                try:
+                    await seen_connected(process, flood.port)
+                    await flood.stream.send_all(message_frames(TEXT, [piece] * bound, final=False))
+                    with trio.move_on_after(5):
+                        frames = await flood.read_until_gone()
+                finally:
+                    await flood.aclose()
+                assert [frame.close_code for frame in frames] == [1008], frames
+                assert frames[0].payload[2:] == f"message in more than {bound} fragments".encode()
+                await process.read_stderr_until(
+                    rf"client 127\.0\.0\.1:{flood.port} connection ended .*with 1008\b"
+                )
+                await echoes(bystander, "unaffected by the flood")
+            await stop(process)
+
+
+async def test_max_message_size_counts_utf8_bytes() -> None:
+    """90,000 emoji are 90,000 characters but 360,000 bytes: over a 100,000-byte limit."""
+    with trio.fail_after(10):
+        async with running_command("--max-message-size", "100000") as process:
+            async with ws(process.url, max_size=None) as client:
+                await echoes(client, "😀" * 25000)  # 100,000 bytes: the limit
+                with pytest.raises(ConnectionClosedError) as closed:  # noqa: PT012
+                    await client.send("😀" * 90000)
+                    await client.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1009
+            assert closed.value.rcvd.reason == "message over 100000 bytes"
             await stop(process)
 
 

@@ -277,13 +277,40 @@ async def test_a_protocol_error_gets_a_close_frame_with_its_code(frame: bytes, c
             await wait_until(lambda: server.clients == 0)
 
 
+@pytest.mark.parametrize(
+    "late",
+    [bytes([0x89, 0x80]) + bytes(4), bytes([0x88, 0x82]) + bytes(4) + struct.pack("!H", 1000)],
+    ids=["ping", "close"],
+)
+async def test_nothing_is_answered_after_refusing_a_fragment_flood(late: bytes) -> None:
+    """A frame after the refused fragment, in the same read, gets no answer and no error.
+
+    After its 1008 close frame the server is in wsproto's CLOSED state, where
+    answering a ping raises in trio-websocket's reader (when the reader gets
+    to it before the client's task has ended: not every run), so nothing
+    after the refusal is passed on to it.
+    """
+    flood = bytes([0x01, 0x80]) + bytes(4) + (bytes([0x00, 0x80]) + bytes(4)) * 1023
+    with trio.fail_after(10):
+        async with running_server(max_message_size=100) as server:
+            stream = await raw_websocket(server)
+            await stream.send_all(flood + late)
+            received = b""
+            while chunk := await stream.receive_some():
+                received += chunk
+            await wait_until(lambda: server.connections == 0)
+            await stream.aclose()
+            reason = b"message in more than 1024 fragments"
+            assert received == bytes([0x88, 2 + len(reason)]) + struct.pack("!H", 1008) + reason
+
+
 async def test_fix_close_handling_on_the_request_covers_the_first_frame() -> None:
     """Installed before the 101, no frame can be parsed without it; a second call is a no-op."""
 
     async def handler(request: WebSocketRequest) -> None:
-        fix_close_handling(request)
+        fix_close_handling(request, max_message_size=100)
         ws = await request.accept()
-        fix_close_handling(ws)
+        fix_close_handling(ws, max_message_size=100)
         with pytest.raises(ConnectionClosed):
             await ws.get_message()
 

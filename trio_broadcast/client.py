@@ -243,7 +243,7 @@ async def serve_client(
     """
     # Does nothing if it was already called on the request, before the 101: the
     # earlier the better, since a frame parsed before it gets no close frame.
-    fix_close_handling(ws)
+    fix_close_handling(ws, max_message_size=config.max_message_size)
     sender = _Sender(stream, counters or Counters())
     ending = GOING_AWAY
     subscription = hub.subscribe(deliver=sender.deliver_nowait)

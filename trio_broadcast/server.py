@@ -331,7 +331,7 @@ class Server:
                     plumbing, frames, max_message_size=config.max_message_size
                 )
                 # Before the 101, so that no frame of the client's is parsed without it.
-                fix_close_handling(request)
+                fix_close_handling(request, max_message_size=config.max_message_size)
                 ws = await request.accept()
                 self.counters.connections[ACCEPTED] += 1
             finally:

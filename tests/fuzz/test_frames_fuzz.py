@@ -5,7 +5,9 @@ After a valid handshake by hand, the fuzz client sends one of:
 * a *conversation*: text and binary messages (fragmented at random byte
   offsets, UTF-8 sequences included), pings and pongs between and inside
   them, masked with random keys, perhaps a message over the server's
-  ``max_message_size``, perhaps a close frame with a valid code and reason;
+  ``max_message_size`` (in UTF-8 bytes), perhaps a flood of empty
+  continuation frames about as long as a message may span, perhaps a close
+  frame with a valid code and reason;
 * the same, broken: reserved opcodes, RSV bits, no mask, announced lengths
   that lie (or use the 16- and 64-bit forms, with the top bit set), oversized
   or fragmented control frames, a continuation with nothing to continue, a
@@ -26,7 +28,8 @@ after a close frame, and a close code a server may send, never 1011 (internal
 error). For a conversation the answer is known exactly: each complete message
 echoed in order (the last ones may be missing once the connection ends, since
 an echo is never written after the close has begun), a pong for each ping
-with its payload, and the close code echoed, or 1009 for the oversized message.
+with its payload, and the close code echoed, or 1009 for the oversized message,
+1008 for one still unfinished after the most fragments a message may span.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
+
+from trio_broadcast.protocol_errors import max_fragments
 
 from ..conftest import wait_until
 from .harness import (
@@ -130,19 +135,25 @@ class Script:
 
 # --- well-formed conversations ----------------------------------------------------
 
+
+def text_of_size(size: int, char: str) -> str:
+    """``char`` repeated, then ASCII: ``size`` bytes of UTF-8, which the limit counts."""
+    width = len(char.encode())
+    return char * (size // width) + "a" * (size % width)
+
+
 SMALL_TEXT = st.text(max_size=40)
 LARGE_SIZES = st.integers(MAX_MESSAGE_SIZE - 8, MAX_MESSAGE_SIZE + 8)
-TEXTS = st.one_of(SMALL_TEXT, st.builds(lambda n, c: c * n, LARGE_SIZES, st.sampled_from("aé€")))
+TEXTS = st.one_of(SMALL_TEXT, st.builds(text_of_size, LARGE_SIZES, st.sampled_from("aé€😀")))
 BINARIES = st.one_of(st.binary(max_size=40), LARGE_SIZES.map(lambda n: b"\x00" * n))
 CONTROL_PAYLOADS = st.binary(max_size=125)
 MASKS = st.one_of(st.just(b"\x00\x00\x00\x00"), st.binary(min_size=4, max_size=4))
-ITEMS = st.sampled_from(["text", "binary", "ping", "pong"])
+ITEMS = st.sampled_from(["text", "binary", "ping", "pong"] * 4 + ["flood"])
+"""A flood is one item in 17: it costs as much as many others."""
+FRAGMENTS = max_fragments(MAX_MESSAGE_SIZE)
+"""The most frames a message may span (1,024 here)."""
+FLOOD_SIZES = st.integers(FRAGMENTS - 2, FRAGMENTS + 2)
 REASONS = st.text(max_size=20)
-
-
-def size_of(message: str | bytes) -> int:
-    """The size trio-websocket compares with ``max_message_size``: characters or bytes."""
-    return len(message)
 
 
 @st.composite
@@ -162,13 +173,23 @@ def message_frames(draw: st.DrawFn, message: str | bytes) -> list[Frame]:
 
 
 @st.composite
+def flood_frames(draw: st.DrawFn) -> list[Frame]:
+    """A text message in about as many frames as one may span, all empty but the last."""
+    count = draw(FLOOD_SIZES)
+    empty = [Frame(CONTINUATION, fin=False)] * (count - 2)
+    return [Frame(TEXT, fin=False), *empty, Frame(CONTINUATION, b"flood")]
+
+
+@st.composite
 def conversations(draw: st.DrawFn) -> tuple[list[Frame], Expected]:
     frames: list[Frame] = []
     for _ in range(draw(st.integers(0, 5))):
         item = draw(ITEMS)
         if item in ("text", "binary"):
-            message: str | bytes = draw(TEXTS if item == "text" else BINARIES)
+            message: str | bytes = draw(TEXTS) if item == "text" else draw(BINARIES)
             frames += draw(message_frames(message))
+        elif item == "flood":
+            frames += draw(flood_frames())
         else:
             opcode = PING if item == "ping" else PONG
             frames.append(Frame(opcode, draw(CONTROL_PAYLOADS), mask=draw(MASKS)))
@@ -198,14 +219,17 @@ def expect(frames: list[Frame]) -> Expected:
                 is_text = frame.opcode == TEXT
             parts.append(frame.payload)
             data = b"".join(parts)
-            # trio-websocket counts characters as they arrive: those decoded so far.
-            size = len(data.decode(errors="ignore")) if is_text else len(data)
+            # Text counts the UTF-8 bytes of the characters decoded so far.
+            size = len(data.decode(errors="ignore").encode()) if is_text else len(data)
             if size > MAX_MESSAGE_SIZE:
                 expected.close = 1009
                 break
             if frame.fin:
                 expected.echoes.append(data.decode() if is_text else data)
                 parts = []
+            elif len(parts) == FRAGMENTS:
+                expected.close = 1008  # the message goes on after its last allowed frame
+                break
     return expected
 
 
