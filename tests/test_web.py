@@ -94,9 +94,15 @@ def test_metrics_has_the_renderers_type() -> None:
     assert header(response, "Content-Type") == "text/plain; version=0.0.4"
 
 
-@pytest.mark.parametrize("target", ["/nowhere", "/index.html", "/healthz/", "/metrics/x"])
+@pytest.mark.parametrize(
+    "target", ["/nowhere", "/index.html", "/healthz/", "/metrics/x", "//healthz", "//metrics?x"]
+)
 def test_other_paths_get_404(target: str) -> None:
     assert site().respond(request(target)).status == 404
+
+
+def test_an_absolute_url_is_routed_by_its_path() -> None:
+    assert site().respond(request("http://example.org/healthz?x")).status == 200
 
 
 def test_no_page_gets_404_but_the_rest_works() -> None:

@@ -16,8 +16,10 @@ nothing is lost between the two parsers.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
+from urllib.parse import urlsplit
 
 import h11
 import trio
@@ -27,6 +29,7 @@ _ASCII_HEADERS = frozenset(
     {"connection", "host", "upgrade", "sec-websocket-protocol", "sec-websocket-extensions"}
 )
 """Headers that wsproto decodes as ASCII (or IDNA) without catching the error."""
+_QUERY_OR_FRAGMENT = re.compile("[?#]")
 
 
 class BadRequest(Exception):
@@ -52,6 +55,18 @@ class RequestHead:
         """The value of header ``name`` (lower-case), repeated values joined by ``, ``."""
         values = [value for key, value in self.headers if key == name]
         return ", ".join(values) if values else None
+
+    @property
+    def path(self) -> str:
+        """The path of the request target, without its query; ``""`` if it has none.
+
+        The target is a path (``/feed?x=1``, what clients send) or an absolute URL
+        (``http://host/feed``, which servers must accept too, RFC 9112 3.2.2).
+        ``//healthz`` is a path, not a URL without a scheme whose host is ``healthz``.
+        """
+        if self.target.startswith("/"):
+            return _QUERY_OR_FRAGMENT.split(self.target, maxsplit=1)[0]
+        return urlsplit(self.target).path
 
     def _tokens(self, name: str) -> set[str]:
         value = self.header(name) or ""

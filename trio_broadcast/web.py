@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from functools import cache
 from http import HTTPStatus
 from importlib.resources import files
-from urllib.parse import urlsplit
 
 from .access import token_presented_ok
 from .config import Config
@@ -97,7 +96,7 @@ class Site:
 
     def respond(self, head: RequestHead) -> Response:
         """The answer to one request that is not a WebSocket upgrade."""
-        path = urlsplit(head.target).path
+        path = head.path
         if not path.startswith("/"):
             return text(400, f"cannot serve the request target {head.target[:100]!r}")
         if path not in OPEN_PATHS and not token_presented_ok(head, self.config.token):
