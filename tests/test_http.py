@@ -260,6 +260,7 @@ async def test_an_oversized_plain_request_gets_431() -> None:
         async with running_server() as server, http(server) as client:
             response = await client.get("/healthz", headers={"X-Big": "b" * (17 * 1024)})
             assert response.status_code == 431
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
             assert (await client.get("/healthz", headers={"X-Big": "b" * 8000})).status_code == 200
 
 
@@ -355,6 +356,8 @@ async def test_refused_handshakes(
             answer = await exchange(server, request_)
             assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer
             assert reason.encode() in answer
+            head = answer.split(b"\r\n\r\n")[0] + b"\r\n"
+            assert b"\r\nX-Content-Type-Options: nosniff\r\n" in head
             if status == 401:
                 assert b"\r\nWWW-Authenticate: Bearer" in answer
     refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]

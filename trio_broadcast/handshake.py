@@ -161,13 +161,18 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> Re
 
 
 def http_response(status: int, body: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
-    """A complete ``Connection: close`` HTTP/1.1 response with a plain-text body."""
+    """A complete ``Connection: close`` HTTP/1.1 response with a plain-text body.
+
+    ``nosniff`` keeps a browser from reading the body (which may quote the
+    request) as anything but the plain text it is.
+    """
     payload = body.encode()
     lines = [
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
         "Content-Type: text/plain; charset=utf-8",
         f"Content-Length: {len(payload)}",
         "Connection: close",
+        "X-Content-Type-Options: nosniff",
         *(f"{name}: {value}" for name, value in headers),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
