@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -262,6 +263,19 @@ async def test_an_oversized_plain_request_gets_431() -> None:
             assert response.status_code == 431
             assert response.headers["X-Content-Type-Options"] == "nosniff"
             assert (await client.get("/healthz", headers={"X-Big": "b" * 8000})).status_code == 200
+
+
+async def test_a_bad_request_line_is_quoted_back_bounded_and_escaped() -> None:
+    line = b"GET /\x1b]0;owned\x07" + b"a" * 10_000 + b" HTTP/1.1\r\n"
+    with trio.fail_after(10):
+        async with running_server() as server:
+            answer = await exchange(server, line + b"Host: x\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert body.startswith(b"illegal request line")
+    assert len(body) <= 250
+    assert b"\\x1b]0;owned\\x07" in body
+    assert re.search(rb"[\x00-\x1f\x7f]", body.removesuffix(b"\n")) is None
 
 
 async def test_slow_headers_are_dropped_at_the_deadline() -> None:

@@ -25,7 +25,7 @@ from trio_broadcast.cli import (
 from trio_broadcast.config import Config
 from trio_broadcast.counters import Counters
 from trio_broadcast.frames import message_frame
-from trio_broadcast.handshake import RequestHead
+from trio_broadcast.handshake import RequestHead, shown
 from trio_broadcast.server import StartupError
 from trio_broadcast.web import Response, Site
 
@@ -120,6 +120,16 @@ def test_other_methods_get_405_with_allow(method: str) -> None:
 @pytest.mark.parametrize("target", ["*", "example.org:80", ""])
 def test_a_target_that_is_not_a_path_gets_400(target: str) -> None:
     assert site().respond(request(target)).status == 400
+
+
+def test_what_the_client_sent_is_quoted_back_bounded_and_escaped() -> None:
+    assert site().respond(request("/healthz", "M" * 5000)).body == (
+        b"method " + b"M" * 100 + b"... not allowed\n"
+    )
+    assert (
+        site().respond(request("/" + "p" * 5000)).body == b"no such page: /" + b"p" * 99 + b"...\n"
+    )
+    assert shown("GET \x1b]0;x\x07\r\n\u2028") == "GET \\x1b]0;x\\x07\\r\\n\\u2028"
 
 
 def test_query_strings_are_ignored_for_routing() -> None:

@@ -30,6 +30,22 @@ _ASCII_HEADERS = frozenset(
 )
 """Headers that wsproto decodes as ASCII (or IDNA) without catching the error."""
 _QUERY_OR_FRAGMENT = re.compile("[?#]")
+SHOWN_CHARS = 100
+"""At most this many characters of what a client sent are quoted back to it."""
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` from a client, fit to be quoted back: bounded, no control characters.
+
+    At most ``limit`` characters of it (then ``...``), each character that is
+    not printable (a control byte, a line break) written as a Python escape
+    such as ``\\x1b``.
+    """
+    escaped = "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text[:limit]
+    )
+    return escaped + ("..." if len(text) > limit else "")
 
 
 class BadRequest(Exception):
@@ -97,7 +113,7 @@ class RequestHead:
         holding a client slot, until it times out.
         """
         if self.method != "GET":
-            return f"a WebSocket handshake must use GET, not {self.method}"
+            return f"a WebSocket handshake must use GET, not {shown(self.method)}"
         for key, value in self.headers:
             if key in _ASCII_HEADERS and not value.isascii():
                 return f"the {key} header must be ASCII"
@@ -133,7 +149,8 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> Re
         try:
             event = parser.next_event()
         except h11.RemoteProtocolError as exc:
-            raise BadRequest(exc.error_status_hint, str(exc)) from None
+            # h11's message may quote the whole request line or header.
+            raise BadRequest(exc.error_status_hint, shown(str(exc), 2 * SHOWN_CHARS)) from None
         if isinstance(event, h11.Request):
             # h11 bounds only a head that is still incomplete; one that arrived
             # whole in a single read is measured here.

@@ -24,7 +24,7 @@ from importlib.resources import files
 
 from .access import token_presented_ok
 from .config import Config
-from .handshake import RequestHead
+from .handshake import RequestHead, shown
 
 PAGE = "/"
 HEALTH = "/healthz"
@@ -98,7 +98,7 @@ class Site:
         """The answer to one request that is not a WebSocket upgrade."""
         path = head.path
         if not path.startswith("/"):
-            return text(400, f"cannot serve the request target {head.target[:100]!r}")
+            return text(400, f"cannot serve the request target '{shown(head.target)}'")
         if path not in OPEN_PATHS and not token_presented_ok(head, self.config.token):
             return text(
                 401,
@@ -106,7 +106,9 @@ class Site:
                 (("WWW-Authenticate", 'Bearer realm="trio-broadcast"'),),
             )
         if head.method not in METHODS:
-            return text(405, f"method {head.method} not allowed", (("Allow", ", ".join(METHODS)),))
+            return text(
+                405, f"method {shown(head.method)} not allowed", (("Allow", ", ".join(METHODS)),)
+            )
         if path == HEALTH:
             body = json.dumps(dict(self.health()), separators=(", ", ": ")) + "\n"
             return Response(200, body.encode(), "application/json")
@@ -115,4 +117,4 @@ class Site:
             return Response(200, exposition, content_type)
         if path == PAGE and self.config.page:
             return Response(200, page(), "text/html; charset=utf-8", _PAGE_HEADERS)
-        return text(404, f"no such page: {path[:100]}")
+        return text(404, f"no such page: {shown(path)}")
