@@ -26,7 +26,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_broadcast import Config, Server, read_lines, serve
+from trio_broadcast import Config, Server, handshake, read_lines, serve
 from trio_broadcast.counters import Counters
 
 from .conftest import LineFeed, running_server, wait_until, ws_client
@@ -276,6 +276,71 @@ async def test_a_bad_request_line_is_quoted_back_bounded_and_escaped() -> None:
     assert len(body) <= 250
     assert b"\\x1b]0;owned\\x07" in body
     assert re.search(rb"[\x00-\x1f\x7f]", body.removesuffix(b"\n")) is None
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (upgrade_request("/") + b"\x81\x85" * 10_000, 401),
+        (
+            b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n" + b"b" * 20_000,
+            405,
+        ),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 40_000 + b"\r\n\r\n", 431),
+    ],
+    ids=["refused-upgrade-then-frames", "405-with-a-body", "431-head-too-large"],
+)
+async def test_a_refusal_with_bytes_left_unread_still_closes_gracefully(
+    request_: bytes, status: int
+) -> None:
+    # Closing a socket with unread bytes resets the connection, and the client
+    # may lose the answer: the server must read what is left before it closes.
+    with trio.fail_after(10):
+        async with running_server(token=TOKEN) as server:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with stream:
+                await stream.send_all(request_)
+                answer = b""
+                try:
+                    while chunk := await stream.receive_some():
+                        answer += chunk
+                except trio.BrokenResourceError as exc:
+                    raise AssertionError(
+                        f"reset after {answer[:30]!r}: {exc.__cause__!r}"
+                    ) from None
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    assert f"\r\nContent-Length: {len(body)}\r\n".encode() in head + b"\r\n"
+
+
+async def test_the_reading_before_closing_is_bounded_in_time() -> None:
+    with trio.fail_after(10):
+        async with running_server(token=TOKEN) as server:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with stream:
+                await stream.send_all(upgrade_request("/"))
+                while await stream.receive_some():  # the answer, then the half-close
+                    pass
+                # Kept open and silent: closed after LINGER_SECONDS.
+                await wait_until(lambda: server.connections == 0)
+
+
+async def test_the_reading_before_closing_is_bounded_in_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handshake, "LINGER_SECONDS", 60.0)
+    sent = 0
+    with trio.fail_after(10):
+        async with running_server(token=TOKEN) as server:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with stream:
+                await stream.send_all(upgrade_request("/"))
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while sent < 100 * handshake.LINGER_BYTES:
+                        await stream.send_all(b"x" * 65536)
+                        sent += 65536
+                await wait_until(lambda: server.connections == 0)
+    assert sent < 100 * handshake.LINGER_BYTES
 
 
 async def test_slow_headers_are_dropped_at_the_deadline() -> None:
