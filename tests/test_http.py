@@ -52,8 +52,8 @@ async def exchange(server: Server, *pieces: bytes) -> bytes:
     return received
 
 
-def upgrade_request(target: str = "/", *headers: str) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
+def upgrade_request(target: str = "/", *headers: str, key: str | None = None) -> bytes:
+    key = key or base64.b64encode(os.urandom(16)).decode()
     lines = [
         f"GET {target} HTTP/1.1",
         "Host: 127.0.0.1",
@@ -419,8 +419,16 @@ async def test_an_upgrade_in_small_pieces_with_the_token_still_works() -> None:
             "origin not allowed",
         ),
         ({"require_origin": True}, upgrade_request("/"), 403, "an Origin header is required"),
+        ({}, upgrade_request("/", key="c2hvcnQ="), 400, "must be the base64 of 16 bytes"),
     ],
-    ids=["no-token", "wrong-query-token", "wrong-bearer", "foreign-origin", "no-origin"],
+    ids=[
+        "no-token",
+        "wrong-query-token",
+        "wrong-bearer",
+        "foreign-origin",
+        "no-origin",
+        "bad-key",
+    ],
 )
 async def test_refused_handshakes(
     settings: dict[str, Any],

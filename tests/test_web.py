@@ -264,6 +264,26 @@ def test_the_servers_own_origin_is_allowed_too() -> None:
     assert access.own_origin(request(), tls=False) is None
 
 
+def test_a_key_must_be_the_base64_of_16_bytes() -> None:
+    without_key = UPGRADE[:-1]
+    for key in ("AAAAAAAAAAAAAAAAAAAAAA==", "+/+/+/+/+/+/+/+/+/+/+w=="):
+        assert refusal(request(headers=(*without_key, ("sec-websocket-key", key)))) is None
+    for key in (
+        "",
+        "short",
+        "dGhlIHNhbXBsZSBub25jZQ",  # no padding
+        "dGhlIHNhbXBsZSBub25jZQ==dGhl",
+        "!!!!!!!!!!!!!!!!!!!!!!==",
+        "AAAAAAAAAAAAAAAAAAAA",  # 15 bytes
+        "AAAAAAAAAAAAAAAAAAAAAAA=",  # 17 bytes
+        "dGhlIHNhbXBsZSBub25jZQ==, dGhlIHNhbXBsZSBub25jZQ==",
+        "AAAAAAAAAAAAAAAAAAAAAA\u00e9=",
+    ):
+        head = request(headers=(*without_key, ("sec-websocket-key", key)))
+        assert refusal(head) == (400, access.BAD_REQUEST), key
+    assert refusal(upgrade(UPGRADE[-1])) == (400, access.BAD_REQUEST)  # two keys are no key
+
+
 def test_require_origin() -> None:
     assert refusal(upgrade(), require_origin=True) == (403, access.FORBIDDEN_ORIGIN)
     assert refusal(upgrade(("origin", "https://any.example")), require_origin=True) is None

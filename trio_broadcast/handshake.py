@@ -16,6 +16,7 @@ nothing is lost between the two parsers.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -103,14 +104,16 @@ class RequestHead:
     def websocket_problem(self) -> str | None:
         """Why this upgrade request would be refused, or ``None``.
 
-        RFC 6455's rules, read the way wsproto reads them in trio-websocket
-        (which gets the request next): of a repeated Connection, Upgrade,
-        Sec-WebSocket-Version or -Key header the last one counts; these headers
-        and the subprotocols and extensions must be ASCII, and the Host a valid
-        IDNA name. A request that passed here and failed there would not get a
-        clear answer: wsproto raises on non-ASCII (a traceback in trio-websocket's
-        reader) and refuses the rest with a bare 400 while the handshake waits,
-        holding a client slot, until it times out.
+        RFC 6455's rules (4.2.1), read at least as strictly as wsproto reads
+        them in trio-websocket (which gets the request next): of a repeated
+        Connection, Upgrade or Sec-WebSocket-Version header the last one counts;
+        the Sec-WebSocket-Key must be the base64 of 16 bytes (which two keys
+        joined are not: wsproto would answer with an accept value computed from
+        both); these headers and the subprotocols and extensions must be ASCII,
+        and the Host a valid IDNA name. A request that passed here and failed
+        there would not get a clear answer: wsproto raises on non-ASCII (a
+        traceback in trio-websocket's reader) and refuses the rest with a bare
+        400 while the handshake waits, holding a client slot, until it times out.
         """
         if self.method != "GET":
             return f"a WebSocket handshake must use GET, not {shown(self.method)}"
@@ -124,8 +127,11 @@ class RequestHead:
             return "the Upgrade header must be 'websocket'"
         if self.last("sec-websocket-version") != "13":
             return "only WebSocket version 13 is supported"
-        if not self.last("sec-websocket-key"):
+        nonce = self.header("sec-websocket-key")
+        if nonce is None:
             return "the Sec-WebSocket-Key header is missing"
+        if not _is_nonce(nonce):
+            return "the Sec-WebSocket-Key header must be the base64 of 16 bytes"
         hosts = [value for key, value in self.headers if key == "host"]
         if not hosts:
             return "the Host header is missing"
@@ -135,6 +141,13 @@ class RequestHead:
             except UnicodeError:
                 return "the Host header is not a valid host name"
         return None
+
+
+def _is_nonce(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:  # not base64 (binascii.Error), or not ASCII
+        return False
 
 
 async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> RequestHead | None:
