@@ -420,6 +420,12 @@ async def test_an_upgrade_in_small_pieces_with_the_token_still_works() -> None:
         ),
         ({"require_origin": True}, upgrade_request("/"), 403, "an Origin header is required"),
         ({}, upgrade_request("/", key="c2hvcnQ="), 400, "must be the base64 of 16 bytes"),
+        (
+            {},
+            upgrade_request("/").replace(b"Version: 13", b"Version: 8"),
+            400,
+            "only WebSocket version 13",
+        ),
     ],
     ids=[
         "no-token",
@@ -428,6 +434,7 @@ async def test_an_upgrade_in_small_pieces_with_the_token_still_works() -> None:
         "foreign-origin",
         "no-origin",
         "bad-key",
+        "version-8",
     ],
 )
 async def test_refused_handshakes(
@@ -445,6 +452,8 @@ async def test_refused_handshakes(
             assert reason.encode() in answer
             head = answer.split(b"\r\n\r\n")[0] + b"\r\n"
             assert b"\r\nX-Content-Type-Options: nosniff\r\n" in head
+            if status == 400:
+                assert b"\r\nSec-WebSocket-Version: 13\r\n" in head
             if status == 401:
                 assert b"\r\nWWW-Authenticate: Bearer" in answer
     refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]

@@ -284,6 +284,17 @@ def test_a_key_must_be_the_base64_of_16_bytes() -> None:
     assert refusal(upgrade(UPGRADE[-1])) == (400, access.BAD_REQUEST)  # two keys are no key
 
 
+@pytest.mark.parametrize("version", [None, "8", "14", "13, 8"])
+def test_a_refused_version_is_answered_with_the_one_spoken(version: str | None) -> None:
+    headers = [field for field in UPGRADE if field[0] != "sec-websocket-version"]
+    if version is not None:
+        headers.append(("sec-websocket-version", version))
+    found = access.check_handshake(request(headers=tuple(headers)), Config())
+    assert found is not None
+    assert (found.status, found.reason) == (400, access.BAD_REQUEST)
+    assert found.headers == (("Sec-WebSocket-Version", "13"),)
+
+
 def test_require_origin() -> None:
     assert refusal(upgrade(), require_origin=True) == (403, access.FORBIDDEN_ORIGIN)
     assert refusal(upgrade(("origin", "https://any.example")), require_origin=True) is None

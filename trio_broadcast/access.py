@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from .config import Config
-from .handshake import RequestHead
+from .handshake import VERSION, RequestHead
 
 ACCEPTED = "accepted"
 BAD_REQUEST = "bad_request"
@@ -105,7 +105,9 @@ def check_handshake(head: RequestHead, config: Config) -> Refusal | None:
     """
     problem = head.websocket_problem()
     if problem is not None:
-        return Refusal(400, BAD_REQUEST, problem)
+        # The version this server speaks: RFC 6455 4.2.2 requires it in a
+        # refusal for the version, and it is useful in any other.
+        return Refusal(400, BAD_REQUEST, problem, (("Sec-WebSocket-Version", VERSION),))
     if not token_presented_ok(head, config.token):
         return Refusal(
             401,

@@ -26,6 +26,8 @@ import h11
 import trio
 
 RECEIVE_SIZE = 4096
+VERSION = "13"
+"""The WebSocket version spoken (RFC 6455); the only one wsproto speaks."""
 _ASCII_HEADERS = frozenset(
     {"connection", "host", "upgrade", "sec-websocket-protocol", "sec-websocket-extensions"}
 )
@@ -125,8 +127,8 @@ class RequestHead:
             return "the Connection header must include 'upgrade'"
         if (self.last("upgrade") or "").strip().lower() != "websocket":
             return "the Upgrade header must be 'websocket'"
-        if self.last("sec-websocket-version") != "13":
-            return "only WebSocket version 13 is supported"
+        if self.last("sec-websocket-version") != VERSION:
+            return f"only WebSocket version {VERSION} is supported"
         nonce = self.header("sec-websocket-key")
         if nonce is None:
             return "the Sec-WebSocket-Key header is missing"
