@@ -398,6 +398,31 @@ async def test_an_upgrade_in_small_pieces_with_the_token_still_works() -> None:
                 assert await stream.receive_some() == b"\x81\x07through"
 
 
+@pytest.mark.parametrize(
+    "connection",
+    [
+        (b"Upgrade",),
+        (b"Upgrade", b"close"),
+        (b"keep-alive", b"Upgrade", b"close"),
+    ],
+    ids=["one-line", "two-lines", "three-lines"],
+)
+async def test_connection_lines_are_one_list(connection: tuple[bytes, ...]) -> None:
+    lines = b"".join(b"Connection: " + value + b"\r\n" for value in connection)
+    request = upgrade_request("/").replace(b"Connection: Upgrade\r\n", lines)
+    with trio.fail_after(10):
+        async with running_server() as server:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with stream:
+                await stream.send_all(request)
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := await stream.receive_some(1)):
+                    head += chunk
+                assert head.startswith(b"HTTP/1.1 101 "), head
+                await stream.send_all(b"\x81\x85\x00\x00\x00\x00hello")
+                assert await stream.receive_some() == b"\x81\x05hello"
+
+
 # --- refused handshakes -------------------------------------------------------------
 
 

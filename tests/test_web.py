@@ -295,6 +295,15 @@ def test_a_refused_version_is_answered_with_the_one_spoken(version: str | None) 
     assert found.headers == (("Sec-WebSocket-Version", "13"),)
 
 
+def test_connection_lines_are_one_list() -> None:
+    without_connection = tuple(field for field in UPGRADE if field[0] != "connection")
+    for lines in (("Upgrade", "close"), ("close", "Upgrade"), ("keep-alive", "upgrade, close")):
+        headers = without_connection + tuple(("connection", line) for line in lines)
+        assert refusal(request(headers=headers)) is None, lines
+    headers = (*without_connection, ("connection", "keep-alive"), ("connection", "close"))
+    assert refusal(request(headers=headers)) == (400, access.BAD_REQUEST)
+
+
 def test_require_origin() -> None:
     assert refusal(upgrade(), require_origin=True) == (403, access.FORBIDDEN_ORIGIN)
     assert refusal(upgrade(("origin", "https://any.example")), require_origin=True) is None

@@ -69,6 +69,10 @@ class RequestHead:
     """Header names lower-cased, values decoded as Latin-1, in arrival order."""
     raw: bytes
     """Everything received so far, including any bytes after the head."""
+    head_size: int = 0
+    """How many bytes at the start of :attr:`raw` are the head."""
+    http_version: str = "1.1"
+    """``1.1`` or ``1.0`` (h11 reads no other)."""
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (lower-case), repeated values joined by ``, ``."""
@@ -103,12 +107,33 @@ class RequestHead:
                 return value
         return None
 
+    def replay(self) -> bytes:
+        """The bytes to hand on to trio-websocket: :attr:`raw`, with one Connection line.
+
+        wsproto reads only the last Connection line, where :meth:`websocket_problem`
+        reads them all as one list, as HTTP does: ``Connection: Upgrade`` then
+        ``Connection: close`` would pass here and fail there. A head with more
+        than one is therefore written anew, their values joined on one line;
+        any other is handed on exactly as it came.
+        """
+        connections = [value for key, value in self.headers if key == "connection"]
+        if len(connections) < 2:
+            return self.raw
+        lines = [
+            f"{self.method} {self.target} HTTP/{self.http_version}",
+            f"connection: {', '.join(connections)}",
+            *(f"{key}: {value}" for key, value in self.headers if key != "connection"),
+        ]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return head + self.raw[self.head_size :]
+
     def websocket_problem(self) -> str | None:
         """Why this upgrade request would be refused, or ``None``.
 
         RFC 6455's rules (4.2.1), read at least as strictly as wsproto reads
-        them in trio-websocket (which gets the request next): of a repeated
-        Connection, Upgrade or Sec-WebSocket-Version header the last one counts;
+        them in trio-websocket (which gets the request next, from
+        :meth:`replay`): repeated Connection lines are one list (RFC 9110 5.3);
+        of a repeated Upgrade or Sec-WebSocket-Version header the last one counts;
         the Sec-WebSocket-Key must be the base64 of 16 bytes (which two keys
         joined are not: wsproto would answer with an accept value computed from
         both); these headers and the subprotocols and extensions must be ASCII,
@@ -122,8 +147,7 @@ class RequestHead:
         for key, value in self.headers:
             if key in _ASCII_HEADERS and not value.isascii():
                 return f"the {key} header must be ASCII"
-        connection = self.last("connection") or ""
-        if "upgrade" not in {token.strip().lower() for token in connection.split(",")}:
+        if "upgrade" not in self._tokens("connection"):
             return "the Connection header must include 'upgrade'"
         if (self.last("upgrade") or "").strip().lower() != "websocket":
             return "the Upgrade header must be 'websocket'"
@@ -180,6 +204,8 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> Re
                     for name, value in event.headers
                 ),
                 raw=bytes(received),
+                head_size=head_size,
+                http_version=event.http_version.decode("ascii"),
             )
         if event is not h11.NEED_DATA:  # pragma: no cover - h11 yields nothing else first
             raise BadRequest(400, f"unexpected {event!r}")

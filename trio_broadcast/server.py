@@ -327,7 +327,7 @@ class Server:
             try:
                 request = await wrap_server_stream(
                     plumbing,
-                    ReplayStream(stream, head.raw),
+                    ReplayStream(stream, head.replay()),
                     max_message_size=config.max_message_size,
                 )
                 # Before the 101, so that no frame of the client's is parsed without it.
