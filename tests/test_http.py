@@ -66,6 +66,17 @@ def upgrade_request(target: str = "/", *headers: str, key: str | None = None) ->
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+async def status_line(server: Server, request: bytes) -> bytes:
+    """The status line the server answers ``request`` with (then hang up)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(request)
+        received = b""
+        while b"\r\n" not in received and (chunk := await stream.receive_some()):
+            received += chunk
+    return received.split(b"\r\n", 1)[0]
+
+
 def metric_values(exposition: str) -> dict[tuple[str, str], float]:
     """``(sample name, result label or "")`` to value, as a Prometheus scraper sees it."""
     return {
@@ -504,6 +515,30 @@ async def test_accepted_handshakes() -> None:
                 assert await ws.get_message() == "own"
             await wait_until(lambda: server.clients == 0)
             assert server.counters.connections["accepted"] == 3
+
+
+async def test_a_rebound_name_does_not_pass_for_the_servers_own_origin() -> None:
+    settings: dict[str, Any] = {
+        "allowed_origins": ("https://a.example",),
+        "allowed_hosts": ("chat.example",),
+    }
+    with trio.fail_after(10):
+        async with running_server(**settings) as server:
+
+            def from_page_at(host: str) -> bytes:
+                request = upgrade_request("/", f"Origin: http://{host}")
+                return request.replace(b"Host: 127.0.0.1", f"Host: {host}".encode())
+
+            port = server.port
+            # The built-in page, opened by address, as localhost, or by a listed name.
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"chat.example:{port}"):
+                assert await status_line(server, from_page_at(host)) == (
+                    b"HTTP/1.1 101 Switching Protocols"
+                ), host
+            # A page from evil.example, whose name now resolves to this server.
+            assert await status_line(server, from_page_at(f"evil.example:{port}")) == (
+                b"HTTP/1.1 403 Forbidden"
+            )
 
 
 async def test_refusal_logs_are_rate_limited_and_counted(

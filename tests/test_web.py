@@ -253,15 +253,63 @@ def test_allowed_origins() -> None:
     assert refusal(upgrade(), **allowed) is None
 
 
-def test_the_servers_own_origin_is_allowed_too() -> None:
+def upgrade_via(host: str, *extra: tuple[str, str]) -> RequestHead:
+    """An upgrade sent to ``host`` (the Host header)."""
+    return request(headers=(("host", host), *UPGRADE[1:], *extra))
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1:8000", "[::1]:8000", "192.0.2.7:8000", "localhost:8000", "LocalHost"]
+)
+def test_the_servers_own_origin_is_allowed_when_dns_cannot_fake_its_host(host: str) -> None:
     allowed = {"allowed_origins": ("https://good.example",)}
-    assert refusal(upgrade(("origin", "http://example.org:8000")), **allowed) is None
-    assert refusal(upgrade(("origin", "https://example.org:8000")), **allowed) == (
+    own = upgrade_via(host, ("origin", f"http://{host.lower()}"))
+    assert refusal(own, **allowed) is None
+    assert refusal(own, **allowed, certfile="c.pem", keyfile="k.pem") == (
         403,
         access.FORBIDDEN_ORIGIN,
     )
-    assert access.own_origin(upgrade(), tls=True) == "https://example.org:8000"
+    assert access.own_origin(own, tls=True) == f"https://{host.lower()}"
     assert access.own_origin(request(), tls=False) is None
+
+
+def test_dns_rebinding_does_not_pass_for_the_servers_own_origin() -> None:
+    # A page from http://evil.example:8000, whose name now points at this server.
+    rebound = upgrade_via("evil.example:8000", ("origin", "http://evil.example:8000"))
+    allowed = {"allowed_origins": ("https://a.example",)}
+    assert refusal(rebound, **allowed) == (403, access.FORBIDDEN_ORIGIN)
+    # Unless the operator says the name is the server's own.
+    for hosts in (("evil.example",), ("other.example", "EVIL.example:8000")):
+        assert refusal(rebound, **allowed, allowed_hosts=hosts) is None
+    for hosts in (("evil.example:9000",), ("example",), ("www.evil.example",)):
+        assert refusal(rebound, **allowed, allowed_hosts=hosts) == (403, access.FORBIDDEN_ORIGIN)
+    assert refusal(rebound, **allowed, host="evil.example") is None
+
+
+@pytest.mark.parametrize(
+    ("host", "trusted"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.1:1", True),
+        ("[::1]:8000", True),
+        ("[2001:db8::1]", True),
+        ("localhost:8000", True),
+        ("chat.example:8443", True),
+        ("CHAT.example", False),  # allowed with port 8443 only
+        ("evil.example:8000", False),
+        ("localhost.evil.example", False),
+        ("127.0.0.1.nip.io", False),
+        ("2130706433", False),  # a browser sends 127.0.0.1 for that
+        ("::1", False),  # IPv6 must be in brackets
+        ("localhost:0", False),
+        ("", False),
+        (None, False),
+        ("h\u00e9.example", False),
+    ],
+)
+def test_trusted_hosts(host: str | None, trusted: bool) -> None:
+    config = Config(allowed_hosts=("chat.example:8443",))
+    assert access.trusted_host(host, config) is trusted
 
 
 def test_a_key_must_be_the_base64_of_16_bytes() -> None:
@@ -356,6 +404,15 @@ def test_a_bad_token_is_refused_without_showing_it(token: str) -> None:
     assert token.strip() == "" or token.strip() not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    "host",
+    ["http://example.com", "example.com/", "*.example.com", "a b", "x:0", "::1", "ex\u00e4"],
+)
+def test_a_bad_allowed_host_is_refused(host: str) -> None:
+    with pytest.raises(ValueError, match="allowed host"):
+        Config(allowed_hosts=(host,))
+
+
 def test_allowed_origins_must_be_strings() -> None:
     with pytest.raises(TypeError, match="allowed origins must be strings"):
         Config(allowed_origins=(b"https://example.com",))  # type: ignore[arg-type]
@@ -381,6 +438,7 @@ def test_the_access_options_land_in_the_config(
         None,
         True,
     )
+    assert defaults.allowed_hosts == ()
     token_file = tmp_path / "token"
     token_file.write_text(f"  {TOKEN}\n")
     config = parse(
@@ -388,12 +446,17 @@ def test_the_access_options_land_in_the_config(
         "https://a.example",
         "--allowed-origin",
         "http://b.example:8080",
+        "--allowed-host",
+        "a.example",
+        "--allowed-host",
+        "[::1]:8080",
         "--require-origin",
         "--token-file",
         str(token_file),
         "--no-page",
     )
     assert config.allowed_origins == ("https://a.example", "http://b.example:8080")
+    assert config.allowed_hosts == ("a.example", "[::1]:8080")
     assert config.require_origin
     assert config.token == TOKEN
     assert not config.page
@@ -440,6 +503,13 @@ def test_a_bad_origin_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None
         main(["--allowed-origin", "example.com"])
     assert exited.value.code == 2
     assert "allowed origin 'example.com'" in capsys.readouterr().err
+
+
+def test_a_bad_host_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--allowed-host", "https://example.com"])
+    assert exited.value.code == 2
+    assert "allowed host 'https://example.com'" in capsys.readouterr().err
 
 
 # --- counters -----------------------------------------------------------------

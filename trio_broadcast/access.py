@@ -12,7 +12,15 @@ asks :func:`check_handshake` about every WebSocket upgrade and
 * The Origin check stops other web sites from opening a connection with a
   visitor's browser. A client that sends no Origin is not a browser and is let
   through unless ``require_origin`` says otherwise. When origins are listed, the
-  server's own origin is always allowed, so that its built-in page keeps working.
+  server's own origin is allowed too, so that its built-in page keeps working;
+  but only if the page's host is one that DNS cannot point elsewhere
+  (:func:`trusted_host`). Otherwise a page from ``http://evil.example:8000``
+  whose name is then pointed at this server (DNS rebinding) would send
+  ``Host: evil.example:8000`` with ``Origin: http://evil.example:8000``, and
+  pass for the server's own.
+
+Nothing here stops a client that is not a browser: it may send any Origin and
+any Host. That is what the token is for.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import hmac
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-from .config import Config
+from .config import Config, is_ip_address, split_host
 from .handshake import VERSION, RequestHead
 
 ACCEPTED = "accepted"
@@ -77,6 +85,27 @@ def token_presented_ok(head: RequestHead, expected: str | None) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
 
 
+def trusted_host(host: str | None, config: Config) -> bool:
+    """Whether a ``Host`` header names this server in a way DNS cannot fake.
+
+    True for an IP address (no name to resolve), ``localhost`` (browsers
+    resolve it to the loopback themselves, RFC 6761 6.3), the name the server
+    was told to listen on (``config.host``), and the names in
+    ``config.allowed_hosts`` (with their port, if one is given): names the
+    operator chose. Any other name may be one an attacker has pointed at this
+    server after serving a page from it.
+    """
+    parts = split_host(host.strip()) if host is not None else None
+    if parts is None:
+        return False
+    name, port = parts
+    if is_ip_address(name) or name in ("localhost", config.host.lower()):
+        return True
+    return any(
+        split_host(allowed) in ((name, None), (name, port)) for allowed in config.allowed_hosts
+    )
+
+
 def own_origin(head: RequestHead, tls: bool) -> str | None:
     """The origin a page served by this server has: ``scheme://`` plus the Host header."""
     host = head.header("host")
@@ -93,9 +122,9 @@ def origin_allowed(head: RequestHead, config: Config) -> bool:
     if not config.allowed_origins:
         return True
     origin = origin.strip().lower()
-    return origin == own_origin(head, config.tls) or origin in {
-        allowed.lower() for allowed in config.allowed_origins
-    }
+    if origin in {allowed.lower() for allowed in config.allowed_origins}:
+        return True
+    return origin == own_origin(head, config.tls) and trusted_host(head.header("host"), config)
 
 
 def check_handshake(head: RequestHead, config: Config) -> Refusal | None:
