@@ -541,6 +541,23 @@ async def test_a_rebound_name_does_not_pass_for_the_servers_own_origin() -> None
             )
 
 
+async def test_with_allowed_hosts_a_rebound_page_cannot_read_anything() -> None:
+    with trio.fail_after(10):
+        async with running_server(allowed_hosts=("chat.example",)) as server:
+            for target in ("/", "/metrics", "/healthz"):
+                request = f"GET {target} HTTP/1.1\r\nHost: evil.example:{server.port}\r\n\r\n"
+                answer = await exchange(server, request.encode())
+                assert answer.startswith(b"HTTP/1.1 403 "), answer
+                assert answer.endswith(b"\r\n\r\nhost not allowed (see --allowed-host)\n")
+            rebound = upgrade_request("/").replace(b"Host: 127.0.0.1", b"Host: evil.example")
+            assert await status_line(server, rebound) == b"HTTP/1.1 403 Forbidden"
+            assert server.counters.connections["forbidden_host"] == 1
+            async with http(server) as client:  # Host: 127.0.0.1:PORT
+                assert (await client.get("/healthz")).status_code == 200
+                named = await client.get("/healthz", headers={"Host": "chat.example"})
+                assert named.status_code == 200
+
+
 async def test_refusal_logs_are_rate_limited_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

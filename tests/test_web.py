@@ -282,8 +282,42 @@ def test_dns_rebinding_does_not_pass_for_the_servers_own_origin() -> None:
     for hosts in (("evil.example",), ("other.example", "EVIL.example:8000")):
         assert refusal(rebound, **allowed, allowed_hosts=hosts) is None
     for hosts in (("evil.example:9000",), ("example",), ("www.evil.example",)):
-        assert refusal(rebound, **allowed, allowed_hosts=hosts) == (403, access.FORBIDDEN_ORIGIN)
+        # Refused for its host before its origin is even looked at.
+        assert refusal(rebound, **allowed, allowed_hosts=hosts) == (403, access.FORBIDDEN_HOST)
     assert refusal(rebound, **allowed, host="evil.example") is None
+
+
+def test_with_allowed_hosts_other_hosts_get_403_everywhere() -> None:
+    guarded = site(allowed_hosts=("chat.example",))
+    for target in ("/", "/healthz", "/metrics", "/nowhere"):
+        for host in ("evil.example:8000", "chat.example.evil.example", ""):
+            response = guarded.respond(request(target, headers=(("host", host),)))
+            assert (response.status, response.body) == (
+                403,
+                b"host not allowed (see --allowed-host)\n",
+            )
+        assert guarded.respond(request(target)).status == 403  # no Host at all
+    for host in ("chat.example:8000", "127.0.0.1:8000", "[::1]", "localhost"):
+        assert guarded.respond(request("/healthz", headers=(("host", host),))).status == 200
+    # Without allowed_hosts, any Host is served.
+    assert site().respond(request("/healthz", headers=(("host", "evil.example"),))).status == 200
+    for host in ("evil.example", "127.0.0.1"):
+        assert refusal(upgrade_via(host), allowed_hosts=("chat.example",)) == (
+            (403, access.FORBIDDEN_HOST) if host == "evil.example" else None
+        )
+    assert refusal(upgrade_via("evil.example")) is None
+
+
+def test_the_host_is_checked_after_the_request_and_before_the_token() -> None:
+    settings = {"token": TOKEN, "allowed_hosts": ("chat.example",)}
+    evil = (("host", "evil.example"),)
+    assert site(**settings).respond(request("*", headers=evil)).status == 400
+    assert site(**settings).respond(request("/metrics", "POST", evil)).status == 403
+    assert refusal(request("/", "POST", (*UPGRADE, *evil)), **settings) == (
+        400,
+        access.BAD_REQUEST,
+    )
+    assert refusal(upgrade_via("evil.example"), **settings) == (403, access.FORBIDDEN_HOST)
 
 
 @pytest.mark.parametrize(

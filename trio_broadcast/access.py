@@ -1,8 +1,9 @@
-"""Who may connect: the token and Origin checks, and the throttle on refusal logs.
+"""Who may connect: the Host, token and Origin checks, and the throttle on refusal logs.
 
 Pure functions over a parsed request head, tested without sockets. The server
-asks :func:`check_handshake` about every WebSocket upgrade and
-:func:`token_presented_ok` about plain HTTP requests; it only writes the answer.
+asks :func:`check_handshake` about every WebSocket upgrade, and
+:func:`host_allowed` and :func:`token_presented_ok` about plain HTTP requests
+(:mod:`trio_broadcast.web`); it only writes the answer.
 
 * The token may come as ``Authorization: Bearer …`` or as a ``token`` query
   parameter, because a browser cannot set headers on a WebSocket handshake: the
@@ -18,6 +19,8 @@ asks :func:`check_handshake` about every WebSocket upgrade and
   whose name is then pointed at this server (DNS rebinding) would send
   ``Host: evil.example:8000`` with ``Origin: http://evil.example:8000``, and
   pass for the server's own.
+* With ``allowed_hosts``, the same rule guards every request (:func:`host_allowed`):
+  a rebound page cannot then read ``/metrics`` or the page either.
 
 Nothing here stops a client that is not a browser: it may send any Origin and
 any Host. That is what the token is for.
@@ -34,6 +37,7 @@ from .handshake import VERSION, RequestHead
 
 ACCEPTED = "accepted"
 BAD_REQUEST = "bad_request"
+FORBIDDEN_HOST = "forbidden_host"
 UNAUTHORIZED = "unauthorized"
 FORBIDDEN_ORIGIN = "forbidden_origin"
 TOO_MANY_CLIENTS = "too_many_clients"
@@ -42,12 +46,16 @@ OUT_OF_DESCRIPTORS = "out_of_file_descriptors"
 RESULTS = (
     ACCEPTED,
     BAD_REQUEST,
+    FORBIDDEN_HOST,
     UNAUTHORIZED,
     FORBIDDEN_ORIGIN,
     TOO_MANY_CLIENTS,
     OUT_OF_DESCRIPTORS,
 )
 """Every way a WebSocket handshake ends: the ``result`` label of the connection metric."""
+
+HOST_NOT_ALLOWED = "host not allowed (see --allowed-host)"
+"""The answer to a request whose Host :func:`host_allowed` refuses."""
 
 REPORT_INTERVAL = 1.0
 """Seconds between two log lines about refusals for the same reason."""
@@ -106,6 +114,11 @@ def trusted_host(host: str | None, config: Config) -> bool:
     )
 
 
+def host_allowed(head: RequestHead, config: Config) -> bool:
+    """Whether the request may be answered: no ``allowed_hosts``, or a trusted Host."""
+    return not config.allowed_hosts or trusted_host(head.header("host"), config)
+
+
 def own_origin(head: RequestHead, tls: bool) -> str | None:
     """The origin a page served by this server has: ``scheme://`` plus the Host header."""
     host = head.header("host")
@@ -128,7 +141,7 @@ def origin_allowed(head: RequestHead, config: Config) -> bool:
 
 
 def check_handshake(head: RequestHead, config: Config) -> Refusal | None:
-    """Why a WebSocket upgrade must be refused (malformed, token, origin), or ``None``.
+    """Why a WebSocket upgrade must be refused (malformed, host, token, origin), or ``None``.
 
     The number of clients is the server's to check: it is state, not the request.
     """
@@ -137,6 +150,8 @@ def check_handshake(head: RequestHead, config: Config) -> Refusal | None:
         # The version this server speaks: RFC 6455 4.2.2 requires it in a
         # refusal for the version, and it is useful in any other.
         return Refusal(400, BAD_REQUEST, problem, (("Sec-WebSocket-Version", VERSION),))
+    if not host_allowed(head, config):
+        return Refusal(403, FORBIDDEN_HOST, HOST_NOT_ALLOWED)
     if not token_presented_ok(head, config.token):
         return Refusal(
             401,

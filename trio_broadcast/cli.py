@@ -149,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="HOST[:PORT]",
-        help="a name clients use to reach this server (repeatable); IP addresses, "
-        "localhost and the --host name need none. Under --allowed-origin, the "
-        "page's own origin counts only for these",
+        help="a name clients use to reach this server (repeatable); requests for "
+        "other names then get 403. IP addresses, localhost and the --host name need "
+        "none. Under --allowed-origin, the page's own origin counts only for these",
     )
     add(
         "--require-origin",

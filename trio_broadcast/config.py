@@ -86,9 +86,10 @@ class Config:
     that DNS cannot point elsewhere: see :attr:`allowed_hosts`."""
     allowed_hosts: tuple[str, ...] = ()
     """Host names (``name`` or ``name:port``) by which clients reach the server, on
-    top of those always trusted: an IP address, ``localhost`` and :attr:`host`. With
-    :attr:`allowed_origins`, a page is the server's own only if its host is one
-    of those (a name that DNS rebinding cannot point elsewhere)."""
+    top of those always trusted: an IP address, ``localhost`` and :attr:`host`.
+    When not empty, a request whose ``Host`` is none of those gets 403. With
+    :attr:`allowed_origins`, given or not, a page is the server's own only if its
+    host is one of those (a name that DNS rebinding cannot point elsewhere)."""
     require_origin: bool = False
     """Refuse handshakes without an Origin header (that is, from non-browser clients)."""
     token: str | None = field(default=None, repr=False)

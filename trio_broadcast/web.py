@@ -8,9 +8,10 @@ bytes and closes (``Connection: close``: one request per connection keeps the
 HTTP side free of keep-alive state).
 
 Checks run in a fixed order, so that an unauthenticated client learns nothing
-about which paths exist: a malformed target (400), then the token (401, except
-for ``/healthz``, which a load balancer must reach without secrets), then the
-method (405), then the path (404).
+about which paths exist: a malformed target (400), then the Host header (403,
+only with ``allowed_hosts``: see :func:`~trio_broadcast.access.host_allowed`),
+then the token (401, except for ``/healthz``, which a load balancer must reach
+without secrets), then the method (405), then the path (404).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from functools import cache
 from http import HTTPStatus
 from importlib.resources import files
 
-from .access import token_presented_ok
+from .access import HOST_NOT_ALLOWED, host_allowed, token_presented_ok
 from .config import Config
 from .handshake import RequestHead, shown
 
@@ -99,6 +100,8 @@ class Site:
         path = head.path
         if not path.startswith("/"):
             return text(400, f"cannot serve the request target '{shown(head.target)}'")
+        if not host_allowed(head, self.config):
+            return text(403, HOST_NOT_ALLOWED)
         if path not in OPEN_PATHS and not token_presented_ok(head, self.config.token):
             return text(
                 401,
