@@ -327,6 +327,7 @@ def test_every_option_is_covered() -> None:
         "--exit-on-eof",
         "--log-level",
         "--allowed-origin",
+        "--allowed-host",
         "--require-origin",
         "--token-file",
         "--no-page",

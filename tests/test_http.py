@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -25,7 +26,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_broadcast import Config, Server, read_lines, serve
+from trio_broadcast import Config, Server, handshake, read_lines, serve
 from trio_broadcast.counters import Counters
 
 from .conftest import LineFeed, running_server, wait_until, ws_client
@@ -51,8 +52,8 @@ async def exchange(server: Server, *pieces: bytes) -> bytes:
     return received
 
 
-def upgrade_request(target: str = "/", *headers: str) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
+def upgrade_request(target: str = "/", *headers: str, key: str | None = None) -> bytes:
+    key = key or base64.b64encode(os.urandom(16)).decode()
     lines = [
         f"GET {target} HTTP/1.1",
         "Host: 127.0.0.1",
@@ -63,6 +64,17 @@ def upgrade_request(target: str = "/", *headers: str) -> bytes:
         *headers,
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def status_line(server: Server, request: bytes) -> bytes:
+    """The status line the server answers ``request`` with (then hang up)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(request)
+        received = b""
+        while b"\r\n" not in received and (chunk := await stream.receive_some()):
+            received += chunk
+    return received.split(b"\r\n", 1)[0]
 
 
 def metric_values(exposition: str) -> dict[tuple[str, str], float]:
@@ -260,7 +272,86 @@ async def test_an_oversized_plain_request_gets_431() -> None:
         async with running_server() as server, http(server) as client:
             response = await client.get("/healthz", headers={"X-Big": "b" * (17 * 1024)})
             assert response.status_code == 431
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
             assert (await client.get("/healthz", headers={"X-Big": "b" * 8000})).status_code == 200
+
+
+async def test_a_bad_request_line_is_quoted_back_bounded_and_escaped() -> None:
+    line = b"GET /\x1b]0;owned\x07" + b"a" * 10_000 + b" HTTP/1.1\r\n"
+    with trio.fail_after(10):
+        async with running_server() as server:
+            answer = await exchange(server, line + b"Host: x\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert body.startswith(b"illegal request line")
+    assert len(body) <= 250
+    assert b"\\x1b]0;owned\\x07" in body
+    assert re.search(rb"[\x00-\x1f\x7f]", body.removesuffix(b"\n")) is None
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (upgrade_request("/") + b"\x81\x85" * 10_000, 401),
+        (
+            b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n" + b"b" * 20_000,
+            405,
+        ),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 40_000 + b"\r\n\r\n", 431),
+    ],
+    ids=["refused-upgrade-then-frames", "405-with-a-body", "431-head-too-large"],
+)
+async def test_a_refusal_with_bytes_left_unread_still_closes_gracefully(
+    request_: bytes, status: int
+) -> None:
+    # Closing a socket with unread bytes resets the connection, and the client
+    # may lose the answer: the server must read what is left before it closes.
+    with trio.fail_after(10):
+        async with running_server(token=TOKEN) as server:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with stream:
+                await stream.send_all(request_)
+                answer = b""
+                try:
+                    while chunk := await stream.receive_some():
+                        answer += chunk
+                except trio.BrokenResourceError as exc:
+                    raise AssertionError(
+                        f"reset after {answer[:30]!r}: {exc.__cause__!r}"
+                    ) from None
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    assert f"\r\nContent-Length: {len(body)}\r\n".encode() in head + b"\r\n"
+
+
+async def test_the_reading_before_closing_is_bounded_in_time() -> None:
+    with trio.fail_after(10):
+        async with running_server(token=TOKEN) as server:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with stream:
+                await stream.send_all(upgrade_request("/"))
+                while await stream.receive_some():  # the answer, then the half-close
+                    pass
+                # Kept open and silent: closed after LINGER_SECONDS.
+                await wait_until(lambda: server.connections == 0)
+
+
+async def test_the_reading_before_closing_is_bounded_in_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handshake, "LINGER_SECONDS", 60.0)
+    sent = 0
+    with trio.fail_after(10):
+        async with running_server(token=TOKEN) as server:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with stream:
+                await stream.send_all(upgrade_request("/"))
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while sent < 100 * handshake.LINGER_BYTES:
+                        await stream.send_all(b"x" * 65536)
+                        sent += 65536
+                await wait_until(lambda: server.connections == 0)
+    assert sent < 100 * handshake.LINGER_BYTES
 
 
 async def test_slow_headers_are_dropped_at_the_deadline() -> None:
@@ -318,6 +409,31 @@ async def test_an_upgrade_in_small_pieces_with_the_token_still_works() -> None:
                 assert await stream.receive_some() == b"\x81\x07through"
 
 
+@pytest.mark.parametrize(
+    "connection",
+    [
+        (b"Upgrade",),
+        (b"Upgrade", b"close"),
+        (b"keep-alive", b"Upgrade", b"close"),
+    ],
+    ids=["one-line", "two-lines", "three-lines"],
+)
+async def test_connection_lines_are_one_list(connection: tuple[bytes, ...]) -> None:
+    lines = b"".join(b"Connection: " + value + b"\r\n" for value in connection)
+    request = upgrade_request("/").replace(b"Connection: Upgrade\r\n", lines)
+    with trio.fail_after(10):
+        async with running_server() as server:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with stream:
+                await stream.send_all(request)
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := await stream.receive_some(1)):
+                    head += chunk
+                assert head.startswith(b"HTTP/1.1 101 "), head
+                await stream.send_all(b"\x81\x85\x00\x00\x00\x00hello")
+                assert await stream.receive_some() == b"\x81\x05hello"
+
+
 # --- refused handshakes -------------------------------------------------------------
 
 
@@ -339,8 +455,23 @@ async def test_an_upgrade_in_small_pieces_with_the_token_still_works() -> None:
             "origin not allowed",
         ),
         ({"require_origin": True}, upgrade_request("/"), 403, "an Origin header is required"),
+        ({}, upgrade_request("/", key="c2hvcnQ="), 400, "must be the base64 of 16 bytes"),
+        (
+            {},
+            upgrade_request("/").replace(b"Version: 13", b"Version: 8"),
+            400,
+            "only WebSocket version 13",
+        ),
     ],
-    ids=["no-token", "wrong-query-token", "wrong-bearer", "foreign-origin", "no-origin"],
+    ids=[
+        "no-token",
+        "wrong-query-token",
+        "wrong-bearer",
+        "foreign-origin",
+        "no-origin",
+        "bad-key",
+        "version-8",
+    ],
 )
 async def test_refused_handshakes(
     settings: dict[str, Any],
@@ -355,6 +486,10 @@ async def test_refused_handshakes(
             answer = await exchange(server, request_)
             assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer
             assert reason.encode() in answer
+            head = answer.split(b"\r\n\r\n")[0] + b"\r\n"
+            assert b"\r\nX-Content-Type-Options: nosniff\r\n" in head
+            if status == 400:
+                assert b"\r\nSec-WebSocket-Version: 13\r\n" in head
             if status == 401:
                 assert b"\r\nWWW-Authenticate: Bearer" in answer
     refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
@@ -380,6 +515,47 @@ async def test_accepted_handshakes() -> None:
                 assert await ws.get_message() == "own"
             await wait_until(lambda: server.clients == 0)
             assert server.counters.connections["accepted"] == 3
+
+
+async def test_a_rebound_name_does_not_pass_for_the_servers_own_origin() -> None:
+    settings: dict[str, Any] = {
+        "allowed_origins": ("https://a.example",),
+        "allowed_hosts": ("chat.example",),
+    }
+    with trio.fail_after(10):
+        async with running_server(**settings) as server:
+
+            def from_page_at(host: str) -> bytes:
+                request = upgrade_request("/", f"Origin: http://{host}")
+                return request.replace(b"Host: 127.0.0.1", f"Host: {host}".encode())
+
+            port = server.port
+            # The built-in page, opened by address, as localhost, or by a listed name.
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"chat.example:{port}"):
+                assert await status_line(server, from_page_at(host)) == (
+                    b"HTTP/1.1 101 Switching Protocols"
+                ), host
+            # A page from evil.example, whose name now resolves to this server.
+            assert await status_line(server, from_page_at(f"evil.example:{port}")) == (
+                b"HTTP/1.1 403 Forbidden"
+            )
+
+
+async def test_with_allowed_hosts_a_rebound_page_cannot_read_anything() -> None:
+    with trio.fail_after(10):
+        async with running_server(allowed_hosts=("chat.example",)) as server:
+            for target in ("/", "/metrics", "/healthz"):
+                request = f"GET {target} HTTP/1.1\r\nHost: evil.example:{server.port}\r\n\r\n"
+                answer = await exchange(server, request.encode())
+                assert answer.startswith(b"HTTP/1.1 403 "), answer
+                assert answer.endswith(b"\r\n\r\nhost not allowed (see --allowed-host)\n")
+            rebound = upgrade_request("/").replace(b"Host: 127.0.0.1", b"Host: evil.example")
+            assert await status_line(server, rebound) == b"HTTP/1.1 403 Forbidden"
+            assert server.counters.connections["forbidden_host"] == 1
+            async with http(server) as client:  # Host: 127.0.0.1:PORT
+                assert (await client.get("/healthz")).status_code == 200
+                named = await client.get("/healthz", headers={"Host": "chat.example"})
+                assert named.status_code == 200
 
 
 async def test_refusal_logs_are_rate_limited_and_counted(

@@ -25,7 +25,7 @@ from trio_broadcast.cli import (
 from trio_broadcast.config import Config
 from trio_broadcast.counters import Counters
 from trio_broadcast.frames import message_frame
-from trio_broadcast.handshake import RequestHead
+from trio_broadcast.handshake import RequestHead, shown
 from trio_broadcast.server import StartupError
 from trio_broadcast.web import Response, Site
 
@@ -94,9 +94,15 @@ def test_metrics_has_the_renderers_type() -> None:
     assert header(response, "Content-Type") == "text/plain; version=0.0.4"
 
 
-@pytest.mark.parametrize("target", ["/nowhere", "/index.html", "/healthz/", "/metrics/x"])
+@pytest.mark.parametrize(
+    "target", ["/nowhere", "/index.html", "/healthz/", "/metrics/x", "//healthz", "//metrics?x"]
+)
 def test_other_paths_get_404(target: str) -> None:
     assert site().respond(request(target)).status == 404
+
+
+def test_an_absolute_url_is_routed_by_its_path() -> None:
+    assert site().respond(request("http://example.org/healthz?x")).status == 200
 
 
 def test_no_page_gets_404_but_the_rest_works() -> None:
@@ -114,6 +120,16 @@ def test_other_methods_get_405_with_allow(method: str) -> None:
 @pytest.mark.parametrize("target", ["*", "example.org:80", ""])
 def test_a_target_that_is_not_a_path_gets_400(target: str) -> None:
     assert site().respond(request(target)).status == 400
+
+
+def test_what_the_client_sent_is_quoted_back_bounded_and_escaped() -> None:
+    assert site().respond(request("/healthz", "M" * 5000)).body == (
+        b"method " + b"M" * 100 + b"... not allowed\n"
+    )
+    assert (
+        site().respond(request("/" + "p" * 5000)).body == b"no such page: /" + b"p" * 99 + b"...\n"
+    )
+    assert shown("GET \x1b]0;x\x07\r\n\u2028") == "GET \\x1b]0;x\\x07\\r\\n\\u2028"
 
 
 def test_query_strings_are_ignored_for_routing() -> None:
@@ -237,15 +253,137 @@ def test_allowed_origins() -> None:
     assert refusal(upgrade(), **allowed) is None
 
 
-def test_the_servers_own_origin_is_allowed_too() -> None:
+def upgrade_via(host: str, *extra: tuple[str, str]) -> RequestHead:
+    """An upgrade sent to ``host`` (the Host header)."""
+    return request(headers=(("host", host), *UPGRADE[1:], *extra))
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1:8000", "[::1]:8000", "192.0.2.7:8000", "localhost:8000", "LocalHost"]
+)
+def test_the_servers_own_origin_is_allowed_when_dns_cannot_fake_its_host(host: str) -> None:
     allowed = {"allowed_origins": ("https://good.example",)}
-    assert refusal(upgrade(("origin", "http://example.org:8000")), **allowed) is None
-    assert refusal(upgrade(("origin", "https://example.org:8000")), **allowed) == (
+    own = upgrade_via(host, ("origin", f"http://{host.lower()}"))
+    assert refusal(own, **allowed) is None
+    assert refusal(own, **allowed, certfile="c.pem", keyfile="k.pem") == (
         403,
         access.FORBIDDEN_ORIGIN,
     )
-    assert access.own_origin(upgrade(), tls=True) == "https://example.org:8000"
+    assert access.own_origin(own, tls=True) == f"https://{host.lower()}"
     assert access.own_origin(request(), tls=False) is None
+
+
+def test_dns_rebinding_does_not_pass_for_the_servers_own_origin() -> None:
+    # A page from http://evil.example:8000, whose name now points at this server.
+    rebound = upgrade_via("evil.example:8000", ("origin", "http://evil.example:8000"))
+    allowed = {"allowed_origins": ("https://a.example",)}
+    assert refusal(rebound, **allowed) == (403, access.FORBIDDEN_ORIGIN)
+    # Unless the operator says the name is the server's own.
+    for hosts in (("evil.example",), ("other.example", "EVIL.example:8000")):
+        assert refusal(rebound, **allowed, allowed_hosts=hosts) is None
+    for hosts in (("evil.example:9000",), ("example",), ("www.evil.example",)):
+        # Refused for its host before its origin is even looked at.
+        assert refusal(rebound, **allowed, allowed_hosts=hosts) == (403, access.FORBIDDEN_HOST)
+    assert refusal(rebound, **allowed, host="evil.example") is None
+
+
+def test_with_allowed_hosts_other_hosts_get_403_everywhere() -> None:
+    guarded = site(allowed_hosts=("chat.example",))
+    for target in ("/", "/healthz", "/metrics", "/nowhere"):
+        for host in ("evil.example:8000", "chat.example.evil.example", ""):
+            response = guarded.respond(request(target, headers=(("host", host),)))
+            assert (response.status, response.body) == (
+                403,
+                b"host not allowed (see --allowed-host)\n",
+            )
+        assert guarded.respond(request(target)).status == 403  # no Host at all
+    for host in ("chat.example:8000", "127.0.0.1:8000", "[::1]", "localhost"):
+        assert guarded.respond(request("/healthz", headers=(("host", host),))).status == 200
+    # Without allowed_hosts, any Host is served.
+    assert site().respond(request("/healthz", headers=(("host", "evil.example"),))).status == 200
+    for host in ("evil.example", "127.0.0.1"):
+        assert refusal(upgrade_via(host), allowed_hosts=("chat.example",)) == (
+            (403, access.FORBIDDEN_HOST) if host == "evil.example" else None
+        )
+    assert refusal(upgrade_via("evil.example")) is None
+
+
+def test_the_host_is_checked_after_the_request_and_before_the_token() -> None:
+    settings = {"token": TOKEN, "allowed_hosts": ("chat.example",)}
+    evil = (("host", "evil.example"),)
+    assert site(**settings).respond(request("*", headers=evil)).status == 400
+    assert site(**settings).respond(request("/metrics", "POST", evil)).status == 403
+    assert refusal(request("/", "POST", (*UPGRADE, *evil)), **settings) == (
+        400,
+        access.BAD_REQUEST,
+    )
+    assert refusal(upgrade_via("evil.example"), **settings) == (403, access.FORBIDDEN_HOST)
+
+
+@pytest.mark.parametrize(
+    ("host", "trusted"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.1:1", True),
+        ("[::1]:8000", True),
+        ("[2001:db8::1]", True),
+        ("localhost:8000", True),
+        ("chat.example:8443", True),
+        ("CHAT.example", False),  # allowed with port 8443 only
+        ("evil.example:8000", False),
+        ("localhost.evil.example", False),
+        ("127.0.0.1.nip.io", False),
+        ("2130706433", False),  # a browser sends 127.0.0.1 for that
+        ("::1", False),  # IPv6 must be in brackets
+        ("localhost:0", False),
+        ("", False),
+        (None, False),
+        ("h\u00e9.example", False),
+    ],
+)
+def test_trusted_hosts(host: str | None, trusted: bool) -> None:
+    config = Config(allowed_hosts=("chat.example:8443",))
+    assert access.trusted_host(host, config) is trusted
+
+
+def test_a_key_must_be_the_base64_of_16_bytes() -> None:
+    without_key = UPGRADE[:-1]
+    for key in ("AAAAAAAAAAAAAAAAAAAAAA==", "+/+/+/+/+/+/+/+/+/+/+w=="):
+        assert refusal(request(headers=(*without_key, ("sec-websocket-key", key)))) is None
+    for key in (
+        "",
+        "short",
+        "dGhlIHNhbXBsZSBub25jZQ",  # no padding
+        "dGhlIHNhbXBsZSBub25jZQ==dGhl",
+        "!!!!!!!!!!!!!!!!!!!!!!==",
+        "AAAAAAAAAAAAAAAAAAAA",  # 15 bytes
+        "AAAAAAAAAAAAAAAAAAAAAAA=",  # 17 bytes
+        "dGhlIHNhbXBsZSBub25jZQ==, dGhlIHNhbXBsZSBub25jZQ==",
+        "AAAAAAAAAAAAAAAAAAAAAA\u00e9=",
+    ):
+        head = request(headers=(*without_key, ("sec-websocket-key", key)))
+        assert refusal(head) == (400, access.BAD_REQUEST), key
+    assert refusal(upgrade(UPGRADE[-1])) == (400, access.BAD_REQUEST)  # two keys are no key
+
+
+@pytest.mark.parametrize("version", [None, "8", "14", "13, 8"])
+def test_a_refused_version_is_answered_with_the_one_spoken(version: str | None) -> None:
+    headers = [field for field in UPGRADE if field[0] != "sec-websocket-version"]
+    if version is not None:
+        headers.append(("sec-websocket-version", version))
+    found = access.check_handshake(request(headers=tuple(headers)), Config())
+    assert found is not None
+    assert (found.status, found.reason) == (400, access.BAD_REQUEST)
+    assert found.headers == (("Sec-WebSocket-Version", "13"),)
+
+
+def test_connection_lines_are_one_list() -> None:
+    without_connection = tuple(field for field in UPGRADE if field[0] != "connection")
+    for lines in (("Upgrade", "close"), ("close", "Upgrade"), ("keep-alive", "upgrade, close")):
+        headers = without_connection + tuple(("connection", line) for line in lines)
+        assert refusal(request(headers=headers)) is None, lines
+    headers = (*without_connection, ("connection", "keep-alive"), ("connection", "close"))
+    assert refusal(request(headers=headers)) == (400, access.BAD_REQUEST)
 
 
 def test_require_origin() -> None:
@@ -300,6 +438,15 @@ def test_a_bad_token_is_refused_without_showing_it(token: str) -> None:
     assert token.strip() == "" or token.strip() not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    "host",
+    ["http://example.com", "example.com/", "*.example.com", "a b", "x:0", "::1", "ex\u00e4"],
+)
+def test_a_bad_allowed_host_is_refused(host: str) -> None:
+    with pytest.raises(ValueError, match="allowed host"):
+        Config(allowed_hosts=(host,))
+
+
 def test_allowed_origins_must_be_strings() -> None:
     with pytest.raises(TypeError, match="allowed origins must be strings"):
         Config(allowed_origins=(b"https://example.com",))  # type: ignore[arg-type]
@@ -325,6 +472,7 @@ def test_the_access_options_land_in_the_config(
         None,
         True,
     )
+    assert defaults.allowed_hosts == ()
     token_file = tmp_path / "token"
     token_file.write_text(f"  {TOKEN}\n")
     config = parse(
@@ -332,12 +480,17 @@ def test_the_access_options_land_in_the_config(
         "https://a.example",
         "--allowed-origin",
         "http://b.example:8080",
+        "--allowed-host",
+        "a.example",
+        "--allowed-host",
+        "[::1]:8080",
         "--require-origin",
         "--token-file",
         str(token_file),
         "--no-page",
     )
     assert config.allowed_origins == ("https://a.example", "http://b.example:8080")
+    assert config.allowed_hosts == ("a.example", "[::1]:8080")
     assert config.require_origin
     assert config.token == TOKEN
     assert not config.page
@@ -384,6 +537,13 @@ def test_a_bad_origin_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None
         main(["--allowed-origin", "example.com"])
     assert exited.value.code == 2
     assert "allowed origin 'example.com'" in capsys.readouterr().err
+
+
+def test_a_bad_host_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--allowed-host", "https://example.com"])
+    assert exited.value.code == 2
+    assert "allowed host 'https://example.com'" in capsys.readouterr().err
 
 
 # --- counters -----------------------------------------------------------------

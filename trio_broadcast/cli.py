@@ -146,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the server's own origin is then allowed too; default: any origin)",
     )
     add(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a name clients use to reach this server (repeatable); requests for "
+        "other names then get 403. IP addresses, localhost and the --host name need "
+        "none. Under --allowed-origin, the page's own origin counts only for these",
+    )
+    add(
         "--require-origin",
         action="store_true",
         help="refuse handshakes without an Origin header (non-browser clients)",
@@ -214,6 +223,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             echo=not args.no_echo,
             exit_on_eof=args.exit_on_eof,
             allowed_origins=tuple(args.allowed_origin),
+            allowed_hosts=tuple(args.allowed_host),
             require_origin=args.require_origin,
             token=read_token(args.token_file, os.environ),
             page=not args.no_page,

@@ -9,6 +9,7 @@ inside a client task.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
@@ -81,7 +82,14 @@ class Config:
     """Batches of input held while Redis is unreachable; beyond it, input is not read."""
     allowed_origins: tuple[str, ...] = ()
     """Origins (``scheme://host[:port]``) allowed to open a WebSocket; empty: any.
-    When not empty, the server's own origin is allowed too."""
+    When not empty, the server's own origin is allowed too, if its host is one
+    that DNS cannot point elsewhere: see :attr:`allowed_hosts`."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (``name`` or ``name:port``) by which clients reach the server, on
+    top of those always trusted: an IP address, ``localhost`` and :attr:`host`.
+    When not empty, a request whose ``Host`` is none of those gets 403. With
+    :attr:`allowed_origins`, given or not, a page is the server's own only if its
+    host is one of those (a name that DNS rebinding cannot point elsewhere)."""
     require_origin: bool = False
     """Refuse handshakes without an Origin header (that is, from non-browser clients)."""
     token: str | None = field(default=None, repr=False)
@@ -117,6 +125,8 @@ class Config:
         _at_least("redis_buffer", self.redis_buffer, 1)
         for origin in self.allowed_origins:
             _origin(origin)
+        for host in self.allowed_hosts:
+            _allowed_host(host)
         if self.token is not None and not _TOKEN.fullmatch(self.token):
             raise ValueError("token must be 1 or more printable ASCII characters without spaces")
 
@@ -148,6 +158,53 @@ def _origin(origin: str) -> None:
         raise ValueError(
             f"allowed origin {origin!r} must look like https://example.com or http://host:port"
         )
+
+
+def _allowed_host(host: str) -> None:
+    if not isinstance(host, str):
+        raise TypeError(f"allowed hosts must be strings, not {host!r}")
+    if split_host(host) is None:
+        raise ValueError(
+            f"allowed host {host!r} must look like example.com, example.com:8000 or [::1]:8000"
+        )
+
+
+_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+
+
+def split_host(text: str) -> tuple[str, int | None] | None:
+    """A ``Host`` header (or an allowed host) as ``(host, port)``; ``None`` if malformed.
+
+    ``host`` is a lower-case name or IPv4 address, or an IPv6 address (given in
+    brackets, returned without them); ``port`` is ``None`` when there is none.
+    """
+    text = text.lower()
+    if not text.isascii():
+        return None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not is_ip_address(host) or ":" not in host:
+            return None
+    else:
+        host, colon, port = text.partition(":")
+        rest = colon + port
+        if not _NAME.fullmatch(host):
+            return None
+    if not rest:
+        return host, None
+    port = rest.removeprefix(":")
+    if not rest.startswith(":") or not port.isdigit() or not 0 < int(port) <= 65535:
+        return None
+    return host, int(port)
+
+
+def is_ip_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (not a name)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _number(name: str, value: float) -> None:

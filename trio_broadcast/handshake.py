@@ -17,17 +17,39 @@ two parsers.
 
 from __future__ import annotations
 
+import base64
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
+from urllib.parse import urlsplit
 
 import h11
 import trio
 
 RECEIVE_SIZE = 4096
+VERSION = "13"
+"""The WebSocket version spoken (RFC 6455); the only one wsproto speaks."""
 _ASCII_HEADERS = frozenset(
     {"connection", "host", "upgrade", "sec-websocket-protocol", "sec-websocket-extensions"}
 )
 """Headers that wsproto decodes as ASCII (or IDNA) without catching the error."""
+_QUERY_OR_FRAGMENT = re.compile("[?#]")
+SHOWN_CHARS = 100
+"""At most this many characters of what a client sent are quoted back to it."""
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` from a client, fit to be quoted back: bounded, no control characters.
+
+    At most ``limit`` characters of it (then ``...``), each character that is
+    not printable (a control byte, a line break) written as a Python escape
+    such as ``\\x1b``.
+    """
+    escaped = "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text[:limit]
+    )
+    return escaped + ("..." if len(text) > limit else "")
 
 
 class BadRequest(Exception):
@@ -48,11 +70,27 @@ class RequestHead:
     """Header names lower-cased, values decoded as Latin-1, in arrival order."""
     raw: bytes
     """Everything received so far, including any bytes after the head."""
+    head_size: int = 0
+    """How many bytes at the start of :attr:`raw` are the head."""
+    http_version: str = "1.1"
+    """``1.1`` or ``1.0`` (h11 reads no other)."""
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (lower-case), repeated values joined by ``, ``."""
         values = [value for key, value in self.headers if key == name]
         return ", ".join(values) if values else None
+
+    @property
+    def path(self) -> str:
+        """The path of the request target, without its query; ``""`` if it has none.
+
+        The target is a path (``/feed?x=1``, what clients send) or an absolute URL
+        (``http://host/feed``, which servers must accept too, RFC 9112 3.2.2).
+        ``//healthz`` is a path, not a URL without a scheme whose host is ``healthz``.
+        """
+        if self.target.startswith("/"):
+            return _QUERY_OR_FRAGMENT.split(self.target, maxsplit=1)[0]
+        return urlsplit(self.target).path
 
     def _tokens(self, name: str) -> set[str]:
         value = self.header(name) or ""
@@ -70,32 +108,57 @@ class RequestHead:
                 return value
         return None
 
+    def replay(self) -> bytes:
+        """The bytes to hand on to trio-websocket: :attr:`raw`, with one Connection line.
+
+        wsproto reads only the last Connection line, where :meth:`websocket_problem`
+        reads them all as one list, as HTTP does: ``Connection: Upgrade`` then
+        ``Connection: close`` would pass here and fail there. A head with more
+        than one is therefore written anew, their values joined on one line;
+        any other is handed on exactly as it came.
+        """
+        connections = [value for key, value in self.headers if key == "connection"]
+        if len(connections) < 2:
+            return self.raw
+        lines = [
+            f"{self.method} {self.target} HTTP/{self.http_version}",
+            f"connection: {', '.join(connections)}",
+            *(f"{key}: {value}" for key, value in self.headers if key != "connection"),
+        ]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return head + self.raw[self.head_size :]
+
     def websocket_problem(self) -> str | None:
         """Why this upgrade request would be refused, or ``None``.
 
-        RFC 6455's rules, read the way wsproto reads them in trio-websocket
-        (which gets the request next): of a repeated Connection, Upgrade,
-        Sec-WebSocket-Version or -Key header the last one counts; these headers
-        and the subprotocols and extensions must be ASCII, and the Host a valid
-        IDNA name. A request that passed here and failed there would not get a
-        clear answer: wsproto raises on non-ASCII (a traceback in trio-websocket's
-        reader) and refuses the rest with a bare 400 while the handshake waits,
-        holding a client slot, until it times out.
+        RFC 6455's rules (4.2.1), read at least as strictly as wsproto reads
+        them in trio-websocket (which gets the request next, from
+        :meth:`replay`): repeated Connection lines are one list (RFC 9110 5.3);
+        of a repeated Upgrade or Sec-WebSocket-Version header the last one counts;
+        the Sec-WebSocket-Key must be the base64 of 16 bytes (which two keys
+        joined are not: wsproto would answer with an accept value computed from
+        both); these headers and the subprotocols and extensions must be ASCII,
+        and the Host a valid IDNA name. A request that passed here and failed
+        there would not get a clear answer: wsproto raises on non-ASCII (a
+        traceback in trio-websocket's reader) and refuses the rest with a bare
+        400 while the handshake waits, holding a client slot, until it times out.
         """
         if self.method != "GET":
-            return f"a WebSocket handshake must use GET, not {self.method}"
+            return f"a WebSocket handshake must use GET, not {shown(self.method)}"
         for key, value in self.headers:
             if key in _ASCII_HEADERS and not value.isascii():
                 return f"the {key} header must be ASCII"
-        connection = self.last("connection") or ""
-        if "upgrade" not in {token.strip().lower() for token in connection.split(",")}:
+        if "upgrade" not in self._tokens("connection"):
             return "the Connection header must include 'upgrade'"
         if (self.last("upgrade") or "").strip().lower() != "websocket":
             return "the Upgrade header must be 'websocket'"
-        if self.last("sec-websocket-version") != "13":
-            return "only WebSocket version 13 is supported"
-        if not self.last("sec-websocket-key"):
+        if self.last("sec-websocket-version") != VERSION:
+            return f"only WebSocket version {VERSION} is supported"
+        nonce = self.header("sec-websocket-key")
+        if nonce is None:
             return "the Sec-WebSocket-Key header is missing"
+        if not _is_nonce(nonce):
+            return "the Sec-WebSocket-Key header must be the base64 of 16 bytes"
         hosts = [value for key, value in self.headers if key == "host"]
         if not hosts:
             return "the Host header is missing"
@@ -105,6 +168,13 @@ class RequestHead:
             except UnicodeError:
                 return "the Host header is not a valid host name"
         return None
+
+
+def _is_nonce(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:  # not base64 (binascii.Error), or not ASCII
+        return False
 
 
 async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> RequestHead | None:
@@ -119,7 +189,8 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> Re
         try:
             event = parser.next_event()
         except h11.RemoteProtocolError as exc:
-            raise BadRequest(exc.error_status_hint, str(exc)) from None
+            # h11's message may quote the whole request line or header.
+            raise BadRequest(exc.error_status_hint, shown(str(exc), 2 * SHOWN_CHARS)) from None
         if isinstance(event, h11.Request):
             # h11 bounds only a head that is still incomplete; one that arrived
             # whole in a single read is measured here.
@@ -134,6 +205,8 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> Re
                     for name, value in event.headers
                 ),
                 raw=bytes(received),
+                head_size=head_size,
+                http_version=event.http_version.decode("ascii"),
             )
         if event is not h11.NEED_DATA:  # pragma: no cover - h11 yields nothing else first
             raise BadRequest(400, f"unexpected {event!r}")
@@ -147,13 +220,48 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> Re
 
 
 def http_response(status: int, body: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
-    """A complete ``Connection: close`` HTTP/1.1 response with a plain-text body."""
+    """A complete ``Connection: close`` HTTP/1.1 response with a plain-text body.
+
+    ``nosniff`` keeps a browser from reading the body (which may quote the
+    request) as anything but the plain text it is.
+    """
     payload = body.encode()
     lines = [
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
         "Content-Type: text/plain; charset=utf-8",
         f"Content-Length: {len(payload)}",
         "Connection: close",
+        "X-Content-Type-Options: nosniff",
         *(f"{name}: {value}" for name, value in headers),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+
+
+LINGER_BYTES = 64 * 1024
+"""At most this many bytes are read and discarded after the last response..."""
+LINGER_SECONDS = 1.0
+"""...for at most this long, before the connection is closed anyway."""
+
+
+async def send_last(stream: trio.abc.Stream, response: bytes) -> None:
+    """Send the last response on a connection, and let the client read it before it closes.
+
+    A TCP socket closed with received bytes still unread (the rest of a body,
+    of a request head too large to read) sends a reset instead of a close, and
+    a client that gets the reset may lose the response with it. So, as RFC
+    9112 9.6 asks, this closes in two steps: it half-closes (the client reads
+    the response, then the end of the stream), then reads and discards what
+    the client still sends until it closes, at most :data:`LINGER_BYTES` for at
+    most :data:`LINGER_SECONDS`. The caller closes the stream afterwards. (TLS
+    has no half-close: then only the reading.)
+    """
+    await stream.send_all(response)
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()
+    left = LINGER_BYTES
+    with trio.move_on_after(LINGER_SECONDS):
+        while left > 0:
+            data = await stream.receive_some(min(left, RECEIVE_SIZE))
+            if not data:
+                return
+            left -= len(data)

@@ -60,6 +60,7 @@ from .handshake import (
     RequestHead,
     http_response,
     read_request_head,
+    send_last,
 )
 from .log_text import quote, redact
 from .protocol_errors import fix_close_handling
@@ -276,8 +277,8 @@ class Server:
                 f" ({held_back} more refused for this since the last report)" if held_back else ""
             )
             log.info("refused %s: %s%s", peer, quote(refusal.message), more)
-        await stream.send_all(
-            http_response(refusal.status, refusal.message + "\n", refusal.headers)
+        await send_last(
+            stream, http_response(refusal.status, refusal.message + "\n", refusal.headers)
         )
 
     async def _handshake_and_serve(self, stream: trio.abc.Stream, peer: str) -> None:
@@ -312,20 +313,20 @@ class Server:
                 head = await read_request_head(stream, config.max_request_head)
             except BadRequest as exc:
                 log.debug("bad request from %s: %s", peer, quote(redact(str(exc))))
-                await stream.send_all(http_response(exc.status, f"{exc}\n"))
+                await send_last(stream, http_response(exc.status, f"{exc}\n"))
                 return None
             if head is None:
                 return None
             if not head.is_websocket:
                 response = self._site.respond(head)
-                await stream.send_all(response.encode(head_only=head.method == "HEAD"))
+                await send_last(stream, response.encode(head_only=head.method == "HEAD"))
                 return None
             refusal = self._refusal(head)
             if refusal is not None:
                 await self._refuse(stream, peer, refusal)
                 return None
             self._clients += 1
-            frames = FrameStream(stream, head.raw, send_timeout=config.send_timeout)
+            frames = FrameStream(stream, head.replay(), send_timeout=config.send_timeout)
             try:
                 request = await wrap_server_stream(
                     plumbing, frames, max_message_size=config.max_message_size

@@ -8,9 +8,10 @@ bytes and closes (``Connection: close``: one request per connection keeps the
 HTTP side free of keep-alive state).
 
 Checks run in a fixed order, so that an unauthenticated client learns nothing
-about which paths exist: a malformed target (400), then the token (401, except
-for ``/healthz``, which a load balancer must reach without secrets), then the
-method (405), then the path (404).
+about which paths exist: a malformed target (400), then the Host header (403,
+only with ``allowed_hosts``: see :func:`~trio_broadcast.access.host_allowed`),
+then the token (401, except for ``/healthz``, which a load balancer must reach
+without secrets), then the method (405), then the path (404).
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from dataclasses import dataclass
 from functools import cache
 from http import HTTPStatus
 from importlib.resources import files
-from urllib.parse import urlsplit
 
-from .access import token_presented_ok
+from .access import HOST_NOT_ALLOWED, host_allowed, token_presented_ok
 from .config import Config
-from .handshake import RequestHead
+from .handshake import RequestHead, shown
 
 PAGE = "/"
 HEALTH = "/healthz"
@@ -97,9 +97,11 @@ class Site:
 
     def respond(self, head: RequestHead) -> Response:
         """The answer to one request that is not a WebSocket upgrade."""
-        path = urlsplit(head.target).path
+        path = head.path
         if not path.startswith("/"):
-            return text(400, f"cannot serve the request target {head.target[:100]!r}")
+            return text(400, f"cannot serve the request target '{shown(head.target)}'")
+        if not host_allowed(head, self.config):
+            return text(403, HOST_NOT_ALLOWED)
         if path not in OPEN_PATHS and not token_presented_ok(head, self.config.token):
             return text(
                 401,
@@ -107,7 +109,9 @@ class Site:
                 (("WWW-Authenticate", 'Bearer realm="trio-broadcast"'),),
             )
         if head.method not in METHODS:
-            return text(405, f"method {head.method} not allowed", (("Allow", ", ".join(METHODS)),))
+            return text(
+                405, f"method {shown(head.method)} not allowed", (("Allow", ", ".join(METHODS)),)
+            )
         if path == HEALTH:
             body = json.dumps(dict(self.health()), separators=(", ", ": ")) + "\n"
             return Response(200, body.encode(), "application/json")
@@ -116,4 +120,4 @@ class Site:
             return Response(200, exposition, content_type)
         if path == PAGE and self.config.page:
             return Response(200, page(), "text/html; charset=utf-8", _PAGE_HEADERS)
-        return text(404, f"no such page: {path[:100]}")
+        return text(404, f"no such page: {shown(path)}")

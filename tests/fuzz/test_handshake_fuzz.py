@@ -59,7 +59,16 @@ NEAR_MISSES: dict[bytes, tuple[bytes, ...]] = {
     b"host": (b"", b"localhost:99999", b"[::1]", b"xn--a", b"a..b", b"\xff", b"h\xc3\xa9"),
     b"upgrade": (b"WebSocket", b"websocket, h2c", b"h2c", b"", b"web socket", b"websocket\xff"),
     b"connection": (b"upgrade", b"keep-alive, Upgrade", b"close", b"", b"Upgrade, \xff"),
-    b"sec-websocket-key": (b"", b"short", b"!" * 22 + b"==", KEY[:-2], b"\xff" * 24, KEY * 2),
+    b"sec-websocket-key": (
+        b"",
+        b"short",
+        b"!" * 22 + b"==",
+        KEY[:-2],
+        b"\xff" * 24,
+        KEY * 2,
+        b"A" * 20,  # 15 bytes
+        b"A" * 23 + b"=",  # 17 bytes
+    ),
     b"sec-websocket-version": (b"8", b"13, 8", b"", b"013", b"13\xff", b"9" * 30),
 }
 
@@ -82,6 +91,7 @@ EXTRA_HEADERS = (
     (b"Host", b"example.com"),
     (b"Upgrade", b"websocket"),
     (b"Connection", b"keep-alive"),
+    (b"Connection", b"close"),
 )
 
 METHODS = st.one_of(
@@ -111,7 +121,7 @@ TARGETS = st.one_of(
     st.binary(max_size=16),
     st.integers(100, 2 * MAX_REQUEST_HEAD).map(lambda size: b"/" + b"t" * size),
 )
-ROUTES = st.sampled_from([b"/", b"/healthz", b"/metrics", b"/nowhere"])
+ROUTES = st.sampled_from([b"/", b"/healthz", b"/metrics", b"/nowhere", b"//healthz"])
 VERSIONS = st.one_of(
     st.sampled_from(
         [
