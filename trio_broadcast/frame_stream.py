@@ -50,14 +50,13 @@ The receiving side first hands back the bytes already read by the HTTP parser
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
 
 import trio
 
-from .write_order import WriteOrder
+from .write_order import WriteOrder, join
 
 TLS_WRITE_SIZE = 64 * 1024
 """Bytes of whole frames (at least one) joined for one TLS ``send_all``."""
@@ -116,13 +115,7 @@ class FrameStream(trio.abc.Stream):
         them, and the next write (of anyone) finishes them first: call
         :meth:`write` soon, with nothing more if need be.
         """
-        if self._socket is None or self._writing or self.pending or self._unusable(data=True):
-            return False
-        self._order.add_data(frames)
-        # On a broken connection the frames stay pending: the next write() says so.
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            self._write_nowait()
-        return True
+        return self._write_now(frames) is not None
 
     async def write(self, frames: Sequence[bytes] = ()) -> None:
         """Write data frames after everything handed over before them.
@@ -136,8 +129,48 @@ class FrameStream(trio.abc.Stream):
         it leaves the frames to be finished by the next writer.
         """
         self._raise_if_unusable(data=True)
-        last = self._order.add_data(frames)
+        if frames:
+            taken = self._write_now(frames)
+            if taken is True:
+                return
+            last = self._order.data_in if taken is False else self._order.add_data(frames)
+        else:
+            last = self._order.data_in
         await self._write_until(lambda: self._order.data_out >= last, data=True)
+
+    def _write_now(self, frames: Sequence[bytes]) -> bool | None:
+        """The fast path: if the stream is idle, one ``write`` of the joined frames.
+
+        ``None``: not taken (busy, not a plain socket, or not usable). ``True``:
+        all written. ``False``: taken, the socket took only part, the rest is
+        pending. Nothing is counted when all is written at once: the counts
+        are for writers that wait.
+        """
+        if (
+            self._writing
+            or self._socket is None
+            or self._order.pending
+            or self.broken
+            or self._closed
+            or self._order.closing
+        ):
+            return None
+        fd = self._socket.fileno()
+        if fd < 0:  # closed under us: the number may already belong to another socket
+            self._closed = True
+            return None
+        data = join(frames)
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self.broken = True  # the next write says so
+            return None
+        if written == len(data):
+            return True
+        self._order.add_data(frames, data, written)
+        return False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """trio-websocket's writes: one control frame, or the handshake response, per call.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from itertools import islice
+from itertools import accumulate, islice
 
 IOV_MAX = 1024
 """Buffers one ``writev`` takes at most (Linux's ``UIO_MAXIOV``)."""
@@ -28,14 +28,49 @@ _CLOSE_FRAME = 0x88
 """First byte of a server's close frame: FIN and opcode 0x8."""
 
 
+def join(frames: Sequence[bytes]) -> bytes:
+    """The frames as one buffer, for one write (no copy for a single frame)."""
+    return frames[0] if len(frames) == 1 else b"".join(frames)
+
+
+class _Batch:
+    """Data frames handed over together, joined once, and how much of them is written."""
+
+    __slots__ = ("data", "frames", "written")
+
+    def __init__(self, frames: Sequence[bytes], data: bytes, written: int) -> None:
+        self.data = data
+        self.frames = frames
+        """Kept to find frame boundaries, should a control frame need one."""
+        self.written = written
+
+    def rest(self) -> memoryview | bytes:
+        return memoryview(self.data)[self.written :] if self.written else self.data
+
+    def mid_frame(self) -> bool:
+        """Whether part of a frame is written and part is not."""
+        if not self.written:
+            return False
+        return self.written not in accumulate(map(len, self.frames))
+
+    def rest_of_frame(self) -> memoryview:
+        """The unwritten end of the frame in progress."""
+        end = next(end for end in accumulate(map(len, self.frames)) if end > self.written)
+        return memoryview(self.data)[self.written : end]
+
+
 class WriteOrder:
-    """Frames handed over and not yet written, in the order they must go out."""
+    """Frames handed over and not yet written, in the order they must go out.
+
+    Data frames are handed over in batches (a broadcast batch, an echo) and
+    counted in batches; each batch is joined once, and written whole unless a
+    control frame must go in at a frame boundary inside it.
+    """
 
     __slots__ = (
         "_control",
+        "_control_head",
         "_data",
-        "_head",
-        "_head_is_control",
         "closing",
         "control_in",
         "control_out",
@@ -44,15 +79,14 @@ class WriteOrder:
     )
 
     def __init__(self) -> None:
-        self._head = memoryview(b"")
-        """The rest of the frame in progress."""
-        self._head_is_control = False
+        self._control_head = memoryview(b"")
+        """The rest of a control frame in progress."""
         self._control: deque[bytes] = deque()
-        self._data: deque[bytes] = deque()
+        self._data: deque[_Batch] = deque()
         self.control_in = self.control_out = 0
         """Control frames handed over, and written whole."""
         self.data_in = self.data_out = 0
-        """Data frames handed over, and written whole."""
+        """Batches of data frames handed over, and written whole."""
         self.closing = False
         """A close frame was handed over: no data frame will be taken after it."""
 
@@ -60,12 +94,12 @@ class WriteOrder:
     def pending(self) -> bool:
         """Whether anything handed over is still to be written (or never will be, after
         a close: data frames that were waiting then stay here)."""
-        return bool(self._head) or bool(self._control) or bool(self._data)
+        return bool(self._control_head) or bool(self._control) or bool(self._data)
 
     @property
     def in_progress(self) -> bool:
         """Whether a frame is partly written."""
-        return bool(self._head)
+        return bool(self._control_head) or (bool(self._data) and self._data[0].mid_frame())
 
     def add_control(self, frame: bytes) -> int:
         """Hand over a control frame (or the handshake response); returns its number."""
@@ -75,11 +109,20 @@ class WriteOrder:
         self.control_in += 1
         return self.control_in
 
-    def add_data(self, frames: Sequence[bytes]) -> int:
-        """Hand over data frames; returns the number of the last (all data handed over
-        so far, when ``frames`` is empty)."""
-        self._data.extend(frames)
-        self.data_in += len(frames)
+    def add_data(
+        self, frames: Sequence[bytes], data: bytes | None = None, written: int = 0
+    ) -> int:
+        """Hand over a batch of data frames; returns its number (the last batch's, when
+        ``frames`` is empty).
+
+        ``data`` is the frames joined, if the caller has them so, and ``written``
+        how many bytes of them went out already (only when nothing else was
+        pending: a fast write of the caller's).
+        """
+        if frames:
+            assert not written or not self.pending, "a batch written ahead of others"
+            self._data.append(_Batch(frames, join(frames) if data is None else data, written))
+            self.data_in += 1
         return self.data_in
 
     def next_frames(self, limit: int = IOV_MAX) -> tuple[list[bytes | memoryview], int]:
@@ -88,14 +131,17 @@ class WriteOrder:
         Pass both to :meth:`consume` with the number of bytes the transport
         took. Empty when nothing can be written.
         """
-        frames: list[bytes | memoryview] = [self._head] if self._head else []
-        if self._head and self._control and not self._head_is_control:
-            return frames, 0  # the frame in progress alone: control frames are due after it
-        frames.extend(islice(self._control, limit - len(frames)))
-        control = len(frames) - bool(self._head)
+        if self._control_head:
+            buffers: list[bytes | memoryview] = [self._control_head]
+        elif self._control and self._data and self._data[0].mid_frame():
+            return [self._data[0].rest_of_frame()], 0  # the frame in progress, alone
+        else:
+            buffers = []
+        buffers.extend(islice(self._control, limit - len(buffers)))
+        control = len(buffers) - bool(self._control_head)
         if not self.closing:
-            frames.extend(islice(self._data, limit - len(frames)))
-        return frames, control
+            buffers.extend(batch.rest() for batch in islice(self._data, limit - len(buffers)))
+        return buffers, control
 
     def consume(self, written: int, control: int) -> None:
         """Account for ``written`` bytes of what :meth:`next_frames` returned.
@@ -103,32 +149,29 @@ class WriteOrder:
         ``control`` is how many control frames it returned: only those can have
         been written, whatever was handed over since.
         """
-        if self._head:
-            taken = min(written, len(self._head))
+        if self._control_head:
+            taken = min(written, len(self._control_head))
             written -= taken
-            self._head = self._head[taken:]
-            if self._head:
+            self._control_head = self._control_head[taken:]
+            if self._control_head:
                 return
-            self._count_written(is_control=self._head_is_control)
+            self.control_out += 1
         while written and control:
             control -= 1
-            written = self._take(self._control, written, is_control=True)
+            frame = self._control.popleft()
+            if written < len(frame):
+                self._control_head = memoryview(frame)[written:]
+                return
+            written -= len(frame)
+            self.control_out += 1
         while written and self._data:
-            written = self._take(self._data, written, is_control=False)
+            batch = self._data[0]
+            taken = min(written, len(batch.data) - batch.written)
+            batch.written += taken
+            written -= taken
+            if batch.written < len(batch.data):
+                break
+            self._data.popleft()
+            self.data_out += 1
         if written:
             raise ValueError(f"{written} bytes more were written than were offered")
-
-    def _take(self, queue: deque[bytes], written: int, *, is_control: bool) -> int:
-        frame = queue.popleft()
-        if written < len(frame):
-            self._head = memoryview(frame)[written:]
-            self._head_is_control = is_control
-            return 0
-        self._count_written(is_control=is_control)
-        return written - len(frame)
-
-    def _count_written(self, *, is_control: bool) -> None:
-        if is_control:
-            self.control_out += 1
-        else:
-            self.data_out += 1
