@@ -19,9 +19,9 @@ from functools import partial
 import trio
 
 from . import __version__, redis_stream
+from .client_text import LogFormatter
 from .config import Config, OnFull
 from .counters import Counters
-from .log_text import LogFormatter
 from .server import LineSource, Server, StartupError, run
 from .stdin import read_lines
 

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from .client_text import SHOWN, shown
+
 RECEIVE_SIZE = 4096
 VERSION = "13"
 """The WebSocket version spoken (RFC 6455); the only one wsproto speaks."""
@@ -34,22 +36,6 @@ _ASCII_HEADERS = frozenset(
 )
 """Headers that wsproto decodes as ASCII (or IDNA) without catching the error."""
 _QUERY_OR_FRAGMENT = re.compile("[?#]")
-SHOWN_CHARS = 100
-"""At most this many characters of what a client sent are quoted back to it."""
-
-
-def shown(text: str, limit: int = SHOWN_CHARS) -> str:
-    """``text`` from a client, fit to be quoted back: bounded, no control characters.
-
-    At most ``limit`` characters of it (then ``...``), each character that is
-    not printable (a control byte, a line break) written as a Python escape
-    such as ``\\x1b``.
-    """
-    escaped = "".join(
-        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
-        for char in text[:limit]
-    )
-    return escaped + ("..." if len(text) > limit else "")
 
 
 class BadRequest(Exception):
@@ -190,7 +176,7 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> Re
             event = parser.next_event()
         except h11.RemoteProtocolError as exc:
             # h11's message may quote the whole request line or header.
-            raise BadRequest(exc.error_status_hint, shown(str(exc), 2 * SHOWN_CHARS)) from None
+            raise BadRequest(exc.error_status_hint, shown(str(exc), 2 * SHOWN)) from None
         if isinstance(event, h11.Request):
             # h11 bounds only a head that is still incomplete; one that arrived
             # whole in a single read is measured here.

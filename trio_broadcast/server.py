@@ -50,6 +50,7 @@ from .access import (
     check_handshake,
 )
 from .client import GOING_AWAY, Report, serve_client
+from .client_text import quote, redact
 from .config import Config
 from .counters import Counters
 from .fanout import Fanout
@@ -62,7 +63,6 @@ from .handshake import (
     read_request_head,
     send_last,
 )
-from .log_text import quote, redact
 from .protocol_errors import fix_close_handling
 from .signals import StopSignals
 from .stdin import Publish

@@ -24,8 +24,9 @@ from http import HTTPStatus
 from importlib.resources import files
 
 from .access import HOST_NOT_ALLOWED, host_allowed, token_presented_ok
+from .client_text import shown
 from .config import Config
-from .handshake import RequestHead, shown
+from .handshake import RequestHead
 
 PAGE = "/"
 HEALTH = "/healthz"
@@ -99,7 +100,10 @@ class Site:
         """The answer to one request that is not a WebSocket upgrade."""
         path = head.path
         if not path.startswith("/"):
-            return text(400, f"cannot serve the request target '{shown(head.target)}'")
+            return text(
+                400,
+                f"cannot serve the request target '{shown(head.target)}'",
+            )
         if not host_allowed(head, self.config):
             return text(403, HOST_NOT_ALLOWED)
         if path not in OPEN_PATHS and not token_presented_ok(head, self.config.token):
@@ -110,7 +114,9 @@ class Site:
             )
         if head.method not in METHODS:
             return text(
-                405, f"method {shown(head.method)} not allowed", (("Allow", ", ".join(METHODS)),)
+                405,
+                f"method {shown(head.method)} not allowed",
+                (("Allow", ", ".join(METHODS)),),
             )
         if path == HEALTH:
             body = json.dumps(dict(self.health()), separators=(", ", ": ")) + "\n"

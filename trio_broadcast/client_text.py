@@ -1,4 +1,7 @@
-"""Text a client chose, made fit for a log line: escaped, bounded, without the token.
+"""Text a client chose, made fit to show: escaped, bounded, without the token.
+
+In a log line above all, and also where an answer quotes the request back
+(a 400 naming the bad target, a 405 naming the method): :func:`shown` there.
 
 A log line is read by people, in a terminal, and by programs, one line at a
 time. A client that can put a newline into it can write a line of its own
@@ -37,6 +40,9 @@ from urllib.parse import unquote_plus
 
 LIMIT = 200
 """The default bound on a quoted string, in characters, escapes included."""
+
+SHOWN = 100
+"""The bound on client text quoted back in an HTTP answer."""
 
 CUT = "…"
 """Ends a string that :func:`quote` had to cut."""
@@ -79,19 +85,23 @@ def escape(text: str, *, backslashes: bool = True) -> str:
     return "".join(_escaped(char, backslashes) for char in text)
 
 
-def quote(text: str, limit: int = LIMIT) -> str:
+def quote(text: str, limit: int = LIMIT, *, backslashes: bool = True) -> str:
     """``text`` as :func:`escape` writes it, cut to at most ``limit`` characters.
 
     A cut string ends with :data:`CUT`, counted in ``limit``; an escape is
     never cut in half. ``limit`` must be at least 1. The work done is bounded
-    by ``limit``, not by the length of ``text``.
+    by ``limit``, not by the length of ``text``. ``backslashes`` as for
+    :func:`escape`: a log line needs them escaped (so that a client cannot
+    write what looks like an escape), an answer to the client itself does not,
+    and then quotes text that is already escaped (an HTTP parser's message)
+    without doubling them.
     """
     if limit < len(CUT):
         raise ValueError(f"limit must be at least {len(CUT)}")
     pieces: list[str] = []
     size = 0
     for char in text[: limit + 1]:
-        piece = _escaped(char, backslashes=True)
+        piece = _escaped(char, backslashes)
         if size + len(piece) > limit:
             break
         pieces.append(piece)
@@ -101,6 +111,12 @@ def quote(text: str, limit: int = LIMIT) -> str:
     while size + len(CUT) > limit:
         size -= len(pieces.pop())
     return "".join(pieces) + CUT
+
+
+def shown(text: str, limit: int = SHOWN) -> str:
+    """Client text quoted back in an HTTP answer: :func:`quote`, without doubling
+    backslashes, at most :data:`SHOWN` characters unless ``limit`` says otherwise."""
+    return quote(text, limit, backslashes=False)
 
 
 def redact(text: str) -> str:

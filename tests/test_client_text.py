@@ -1,4 +1,4 @@
-"""Unit and property tests for :mod:`trio_broadcast.log_text`: client text fit for a log line.
+"""Unit and property tests for :mod:`trio_broadcast.client_text`: client text fit for a log line.
 
 Covered: :func:`quote` escapes every non-printable character (controls, U+2028,
 bidi overrides, surrogates) and backslashes, cuts to its limit with a marker and
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_broadcast.log_text import CUT, LIMIT, REDACTED, LogFormatter, escape, quote, redact
+from trio_broadcast.client_text import CUT, LIMIT, REDACTED, LogFormatter, escape, quote, redact
 
 from .conftest import budget
 
