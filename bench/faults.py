@@ -8,7 +8,7 @@ core 0; the Node load generator on core 1, as in ``bench/run.py``):
 
 1. **Storm.** Well-behaved clients (Node, ``bench/loadgen/loadgen.js``)
    receive lines streamed at 1,000/s while misbehaving ones
-   (``bench/misbehave.py``, 5 % of all) cycle through eight faults. Checks:
+   (``bench/misbehave.py``, 5 % of all) cycle through nine faults. Checks:
    the well-behaved lose no line and none is disconnected; every misbehaving
    connection ends; the server's descriptors come back to where they started;
    its log has no traceback.

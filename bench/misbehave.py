@@ -42,6 +42,9 @@ FLOOD_FRAMES = 2_000_000
 """Empty continuation frames a fragment flood sends at most (12 MB): the review's
 flood, which the server once took whole without refusing it."""
 CLOSE = 0x8
+TEXT, PING, PONG = 0x1, 0x9, 0xA
+TALK_SECONDS = 6.0
+"""How long a slow talker stays, if the server does not cut it off first."""
 
 
 @dataclass
@@ -289,6 +292,88 @@ async def fragment_flood(peer: Peer, host: str, port: int, config: dict[str, Any
     return outcome
 
 
+class CorruptStream(Exception):
+    """The server sent bytes that are not whole, valid server frames."""
+
+
+def check_frame(buffer: bytearray) -> None:
+    """Raise :class:`CorruptStream` unless ``buffer`` starts with a valid frame header.
+
+    What a frame written inside another one looks like from here: the payload
+    bytes of the outer frame read as a header (RSV bits set, an unknown or
+    continuation opcode, a mask bit, an oversized control frame).
+    """
+    if len(buffer) < 2:
+        return
+    first, second = buffer[0], buffer[1]
+    opcode = first & 0x0F
+    if first & 0x70 or not first & 0x80 or opcode not in (TEXT, 0x2, CLOSE, PING, PONG):
+        raise CorruptStream(f"bad frame header {bytes(buffer[:8])!r}")
+    if second & 0x80 or (opcode >= CLOSE and second & 0x7F > 125):
+        raise CorruptStream(f"bad frame header {bytes(buffer[:8])!r}")
+
+
+async def slow_talker(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
+    """Read slowly and irregularly through a tiny buffer, while pinging and sending messages.
+
+    The client that once got a pong or an echo written inside a broadcast
+    frame: every frame must arrive whole (text frames valid UTF-8), its echoes
+    in order; the server may cut it off (1008) or serve it until it leaves.
+    """
+    await peer.handshake(host, port)
+    try:
+        return await _talk(peer)
+    except (ConnectionResetError, BrokenPipeError):
+        return "dropped without a close frame"
+
+
+async def _talk(peer: Peer) -> str:
+    sent: list[bytes] = []
+    echoed = 0
+    reads = 0
+    deadline = trio.current_time() + TALK_SECONDS
+    while trio.current_time() < deadline:
+        reads += 1
+        check_frame(peer.buffer)
+        parsed = _parse(peer.buffer)
+        if parsed is None:
+            # Catching up (large reads) and lagging (small reads, pauses) in turn,
+            # so that the server's socket often fills in the middle of a frame.
+            lagging = (reads // 40) % 2 == 1
+            sizes = (7, 100, 700, 1500) if lagging else (2900, 5000, 65536)
+            data = await peer.sock.recv(sizes[reads % len(sizes)])
+            if not data:
+                return "dropped without a close frame"
+            peer.buffer += data
+            if lagging and reads % 2:
+                await trio.sleep(0.001 * (reads % 5))
+            if reads % 4 == 0:
+                sent.append(b"talk %d" % reads)
+                kind = PING if reads % 8 else TEXT
+                await peer.send(masked_frame(kind, sent[-1] if kind == TEXT else b"p"))
+                if kind != TEXT:
+                    sent.pop()
+            continue
+        opcode, payload, size = parsed
+        del peer.buffer[:size]
+        if opcode == CLOSE:
+            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+            return f"close frame {code}"
+        if opcode == PING:
+            await peer.send(masked_frame(PONG, payload))
+        elif opcode == TEXT:
+            try:
+                payload.decode()
+            except UnicodeDecodeError:
+                raise CorruptStream(f"text frame not UTF-8: {payload[:24]!r}") from None
+            if payload.startswith(b"talk "):
+                if echoed >= len(sent) or payload != sent[echoed]:
+                    raise CorruptStream(f"echo out of order: {payload[:24]!r}")
+                echoed += 1
+    await peer.send(masked_frame(CLOSE, struct.pack("!H", 1000)))
+    return "served, then left"
+
+
 async def invalid_utf8(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
     """Send a text message that is not UTF-8: the server must end the connection."""
     await peer.handshake(host, port)
@@ -312,6 +397,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "fragment_flood": fragment_flood,
     "invalid_utf8": invalid_utf8,
     "no_handshake": no_handshake,
+    "slow_talker": slow_talker,
 }
 
 
@@ -320,12 +406,15 @@ async def one_run(name: str, host: str, port: int, config: dict[str, Any]) -> Ru
     peer: Peer | None = None
     try:
         with trio.move_on_after(config["run_timeout"]) as bounded:
-            peer = await Peer.connect(host, port, rcvbuf=4096 if name == "never_read" else None)
+            rcvbuf = {"never_read": 4096, "slow_talker": 2048}.get(name)
+            peer = await Peer.connect(host, port, rcvbuf=rcvbuf)
             outcome = await BEHAVIOURS[name](peer, host, port, config)
         if bounded.cancelled_caught:
             outcome = f"no end within {config['run_timeout']:g} s"
     except OSError as exc:
         outcome = f"error: {type(exc).__name__}"
+    except CorruptStream as exc:
+        outcome = f"error: corrupt stream: {exc}"
     finally:
         if peer is not None:
             peer.close()
