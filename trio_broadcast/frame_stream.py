@@ -34,11 +34,12 @@ cannot finish within ``send_timeout`` breaks the stream
 (:class:`WriteTimeout`): it may end mid-frame, so nothing more may be sent on
 it, not even a close frame, and the connection must be dropped.
 
-On a plain TCP socket, writes are non-blocking ``os.writev`` calls of the
-waiting frames, as they are (no copy per client), and a wait for the socket to
-become writable in between; so the publisher's :meth:`offer` costs one system
-call and no task switch per client, and a control frame can slip in at the
-very next frame boundary. Over TLS, the same order is kept with
+On a plain TCP socket, writes never block: a batch handed to an idle
+connection goes out with one ``os.write`` and no bookkeeping (the publisher's
+:meth:`offer`: one system call and no task switch per client); whatever waits
+goes out with one ``os.writev`` of the batches, each joined once, and a wait
+for the socket to become writable in between, so a control frame can slip in
+at the very next frame boundary. Over TLS, the same order is kept with
 ``send_all`` of up to :data:`TLS_WRITE_SIZE` bytes at a time, shielded
 from cancellation (a cancelled TLS write breaks the TLS stream) and bounded by
 the same deadline, which :meth:`finish_by` can shorten when the connection is
