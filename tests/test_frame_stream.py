@@ -114,7 +114,7 @@ async def _run_writers(actions: list[tuple[str, int]], close: bool) -> None:  # 
                 scope = trio.CancelScope()
                 if action == "offer":
                     texts = [f"offer {n}.{k} " + "o" * (size * 97 % 3000) for k in range(size)]
-                    if stream.offer(encode_lines(texts)):
+                    if stream.offer(encode_lines(texts)) is not None:
                         data.extend(text.encode() for text in texts)
                         if stream.pending:
                             nursery.start_soon(write, [], scope)
@@ -161,7 +161,7 @@ async def test_a_write_that_cannot_finish_breaks_the_stream() -> None:
             with pytest.raises(WriteTimeout):
                 await stream.write(big)
             assert stream.broken
-            assert not stream.offer(encode_lines(["y"]))
+            assert stream.offer(encode_lines(["y"])) is None
             with pytest.raises(trio.BrokenResourceError):
                 await stream.send_all(control_frame(CLOSE, b""))
 
@@ -173,7 +173,7 @@ async def test_nothing_after_a_close_frame() -> None:
             await stream.send_all(control_frame(CLOSE, struct.pack("!H", 1001)))
             with pytest.raises(trio.ClosedResourceError, match="close frame"):
                 await stream.write(encode_lines(["late"]))
-            assert not stream.offer(encode_lines(["late"]))
+            assert stream.offer(encode_lines(["late"])) is None
             await ours.aclose()
             peer = Peer(theirs)
             with trio.fail_after(5):
@@ -207,7 +207,7 @@ async def test_tls_keeps_the_order_through_send_all() -> None:
                 await client.do_handshake()
             stream = FrameStream(server, send_timeout=5)
             frames = encode_lines([f"line {n} " + "t" * 900 for n in range(200)])
-            assert not stream.offer(frames)
+            assert stream.offer(frames) is None
             parser = ServerFrameParser()
             received: list[Frame] = []
 

@@ -109,10 +109,12 @@ class _Sender:
         batch, and this client's task must finish it). Never raises: a broken
         connection is the client task's to notice.
         """
-        if not self._stream.offer(frames):
+        written = self._stream.offer(frames)
+        if written is None:
             return frames
-        self._count(frames)
-        return (_WAKE,) if self._stream.pending else ()
+        self.sent += len(frames)
+        self._counters.count_frames(len(frames), sum(map(len, frames)))
+        return () if written else (_WAKE,)
 
     async def send_frames(self, frames: list[bytes]) -> None:
         """Write queued broadcast frames (and what the fast path left) in one go."""

@@ -57,7 +57,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from .write_order import WriteOrder, join
+from .write_order import WriteOrder
 
 TLS_WRITE_SIZE = 64 * 1024
 """Bytes of whole frames (at least one) joined for one TLS ``send_all``."""
@@ -73,6 +73,20 @@ class FrameStream(trio.abc.Stream):
     ``already_read`` is what the HTTP parser read from ``transport`` before
     the connection was handed over; ``receive_some`` returns it first.
     """
+
+    __slots__ = (
+        "_closed",
+        "_finish_by",
+        "_order",
+        "_progress",
+        "_replay",
+        "_send_timeout",
+        "_socket",
+        "_tls_write",
+        "_writing",
+        "broken",
+        "transport",
+    )
 
     def __init__(
         self, transport: trio.abc.Stream, already_read: bytes = b"", *, send_timeout: float
@@ -105,46 +119,17 @@ class FrameStream(trio.abc.Stream):
         data, self._replay = self._replay[:size], self._replay[size:]
         return data
 
-    def offer(self, frames: Sequence[bytes]) -> bool:
-        """Take ``frames`` and write what the socket takes now, if the stream is idle.
+    def offer(self, frames: Sequence[bytes]) -> bool | None:
+        """The fast path: if the stream is idle, write ``frames`` now, with one ``write``.
 
-        Never yields and never raises. Returns ``False``, having taken nothing,
+        Never yields and never raises. Returns ``None``, having taken nothing,
         unless the transport is a plain socket, nothing is waiting or being
         written, and the connection is usable: the caller keeps the frames and
-        uses :meth:`write` later. Returns ``True`` once the frames are the
-        stream's; if :attr:`pending` is then true, the socket took only part of
-        them, and the next write (of anyone) finishes them first: call
-        :meth:`write` soon, with nothing more if need be.
-        """
-        return self._write_now(frames) is not None
-
-    async def write(self, frames: Sequence[bytes] = ()) -> None:
-        """Write data frames after everything handed over before them.
-
-        Returns once they are written: at once, without yielding, when the
-        socket takes them. With no frames, finishes the data that is pending
-        (what :meth:`offer` left). Raises :class:`trio.ClosedResourceError`
-        once a close frame was sent or the stream closed, :class:`WriteTimeout`
-        if they are not written within ``send_timeout``, and
-        :class:`trio.BrokenResourceError` if the connection broke. Cancelling
-        it leaves the frames to be finished by the next writer.
-        """
-        self._raise_if_unusable(data=True)
-        if frames:
-            taken = self._write_now(frames)
-            if taken is True:
-                return
-            last = self._order.data_in if taken is False else self._order.add_data(frames)
-        else:
-            last = self._order.data_in
-        await self._write_until(lambda: self._order.data_out >= last, data=True)
-
-    def _write_now(self, frames: Sequence[bytes]) -> bool | None:
-        """The fast path: if the stream is idle, one ``write`` of the joined frames.
-
-        ``None``: not taken (busy, not a plain socket, or not usable). ``True``:
-        all written. ``False``: taken, the socket took only part, the rest is
-        pending. Nothing is counted when all is written at once: the counts
+        uses :meth:`write` later. Otherwise the frames are the stream's:
+        ``True``, all written; ``False``, the socket took only part of them and
+        the rest is pending, to be finished by the next write (of anyone)
+        before anything else: call :meth:`write` soon, with nothing more if
+        need be. Nothing is counted when all is written at once: the counts
         are for writers that wait.
         """
         if (
@@ -160,7 +145,7 @@ class FrameStream(trio.abc.Stream):
         if fd < 0:  # closed under us: the number may already belong to another socket
             self._closed = True
             return None
-        data = join(frames)
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
         try:
             written = os.write(fd, data)
         except BlockingIOError:
@@ -172,6 +157,27 @@ class FrameStream(trio.abc.Stream):
             return True
         self._order.add_data(frames, data, written)
         return False
+
+    async def write(self, frames: Sequence[bytes] = ()) -> None:
+        """Write data frames after everything handed over before them.
+
+        Returns once they are written: at once, without yielding, when the
+        socket takes them. With no frames, finishes the data that is pending
+        (what :meth:`offer` left). Raises :class:`trio.ClosedResourceError`
+        once a close frame was sent or the stream closed, :class:`WriteTimeout`
+        if they are not written within ``send_timeout``, and
+        :class:`trio.BrokenResourceError` if the connection broke. Cancelling
+        it leaves the frames to be finished by the next writer.
+        """
+        self._raise_if_unusable(data=True)
+        if frames:
+            taken = self.offer(frames)
+            if taken is True:
+                return
+            last = self._order.data_in if taken is False else self._order.add_data(frames)
+        else:
+            last = self._order.data_in
+        await self._write_until(lambda: self._order.data_out >= last, data=True)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """trio-websocket's writes: one control frame, or the handshake response, per call.

@@ -28,11 +28,6 @@ _CLOSE_FRAME = 0x88
 """First byte of a server's close frame: FIN and opcode 0x8."""
 
 
-def join(frames: Sequence[bytes]) -> bytes:
-    """The frames as one buffer, for one write (no copy for a single frame)."""
-    return frames[0] if len(frames) == 1 else b"".join(frames)
-
-
 class _Batch:
     """Data frames handed over together, joined once, and how much of them is written."""
 
@@ -94,7 +89,7 @@ class WriteOrder:
     def pending(self) -> bool:
         """Whether anything handed over is still to be written (or never will be, after
         a close: data frames that were waiting then stay here)."""
-        return bool(self._control_head) or bool(self._control) or bool(self._data)
+        return bool(self._control_head or self._control or self._data)
 
     @property
     def in_progress(self) -> bool:
@@ -117,11 +112,13 @@ class WriteOrder:
 
         ``data`` is the frames joined, if the caller has them so, and ``written``
         how many bytes of them went out already (only when nothing else was
-        pending: a fast write of the caller's).
+        pending: the rest of a fast write).
         """
         if frames:
             assert not written or not self.pending, "a batch written ahead of others"
-            self._data.append(_Batch(frames, join(frames) if data is None else data, written))
+            if data is None:
+                data = frames[0] if len(frames) == 1 else b"".join(frames)
+            self._data.append(_Batch(frames, data, written))
             self.data_in += 1
         return self.data_in
 
