@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import struct
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,7 +23,7 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_broadcast.frame_stream import FrameStream, WriteTimeout
+from trio_broadcast.frame_stream import TLS_WRITE_SIZE, FrameStream, WriteTimeout
 from trio_broadcast.frames import encode_lines
 from trio_broadcast.protocol_errors import IncompatibleWebSocket, check_compatible
 
@@ -114,23 +115,25 @@ async def _run_writers(actions: list[tuple[str, int]], close: bool) -> None:  # 
                 scope = trio.CancelScope()
                 if action == "offer":
                     texts = [f"offer {n}.{k} " + "o" * (size * 97 % 3000) for k in range(size)]
-                    if stream.offer(encode_lines(texts)) is not None:
+                    written = stream.offer(encode_lines(texts))
+                    if written is not None:
                         data.extend(text.encode() for text in texts)
-                        if stream.pending:
-                            nursery.start_soon(write, [], scope)
+                    if written is False:  # what is left needs a writer, as _WAKE gives it
+                        nursery.start_soon(write, [], scope)
+                        writers.append(scope)
                 elif action in ("write", "echo"):
                     count = size if action == "write" else 1
                     texts = [f"{action} {n}.{k} " + "w" * (size % 5000) for k in range(count)]
                     data.extend(text.encode() for text in texts)
                     nursery.start_soon(write, encode_lines(texts), scope)
+                    writers.append(scope)
                 elif action == "ping":
                     control.append(b"ping %d" % n)
                     nursery.start_soon(send_all, control_frame(PING, control[-1]), scope)
                 elif action == "cancel" and writers:
-                    writers.pop(0).cancel()
+                    writers.pop(0).cancel()  # a waiting writer (or one already done)
                 elif action == "read":
                     peer.read(size)
-                writers.append(scope)
                 await trio.testing.wait_all_tasks_blocked()
             # Every writer still waiting is cancelled: what they handed over
             # stays with the stream, and a last writer finishes it.
@@ -191,40 +194,44 @@ async def test_replays_what_was_read_before_the_hand_over() -> None:
             assert await stream.receive_some(100) == b"then the socket"
 
 
-async def test_tls_keeps_the_order_through_send_all() -> None:
-    """Over TLS there is no non-blocking write: offer() declines, write() uses send_all."""
+async def test_tls_keeps_the_order_and_lets_control_in_between_writes() -> None:
+    """Over TLS there is no non-blocking write: offer() declines, write() uses send_all
+    of about TLS_WRITE_SIZE bytes of whole frames at a time, and a ping handed over
+    during a write goes next, not after the whole batch."""
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_context)
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
+    lines = [f"line {n} " + "t" * 900 for n in range(400)]
     with trio.fail_after(5):
-        async with socket_pair(sndbuf=1 << 20) as (ours, theirs):
+        async with socket_pair() as (ours, theirs):
             server = trio.SSLStream(ours, server_context, server_side=True)
             client = trio.SSLStream(theirs, client_context, server_hostname="localhost")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(server.do_handshake)
                 await client.do_handshake()
             stream = FrameStream(server, send_timeout=5)
-            frames = encode_lines([f"line {n} " + "t" * 900 for n in range(200)])
+            frames = encode_lines(lines)
             assert stream.offer(frames) is None
             parser = ServerFrameParser()
             received: list[Frame] = []
 
             async def read() -> None:
-                while len(received) < 201:
+                while len(received) < len(lines) + 1:
                     received.extend(parser.feed(bytes(await client.receive_some(65536))))
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(read)
                 nursery.start_soon(stream.write, frames)
+                await trio.testing.wait_all_tasks_blocked()  # the first write is stuck
+                nursery.start_soon(stream.send_all, control_frame(PING, b"p"))
                 await trio.testing.wait_all_tasks_blocked()
-                await stream.send_all(control_frame(PING, b"p"))
-            assert [f.opcode for f in received].count(PING) == 1
-            assert [f.payload for f in received if f.opcode != PING] == [
-                f"line {n} ".encode() + b"t" * 900 for n in range(200)
-            ]
-            stream.finish_by(trio.current_time())
+                nursery.start_soon(read)
+    opcodes = [f.opcode for f in received]
+    assert opcodes.count(PING) == 1
+    # At most one write of about TLS_WRITE_SIZE went ahead of it, not the batch.
+    assert opcodes.index(PING) <= TLS_WRITE_SIZE // 900 + 1, opcodes.index(PING)
+    assert [f.payload for f in received if f.opcode != PING] == [line.encode() for line in lines]
 
 
 async def test_the_protocol_fixes_work_on_this_trio_websocket_release() -> None:
@@ -240,3 +247,41 @@ async def test_the_protocol_fixes_work_on_this_trio_websocket_release() -> None:
 def test_a_changed_connection_is_refused_loudly() -> None:
     with pytest.raises(IncompatibleWebSocket, match="internals changed"):
         check_compatible(object())  # type: ignore[arg-type]
+
+
+def test_a_data_writer_behind_a_close_frame_gives_up() -> None:
+    """A write waiting when a close frame is handed over fails; the close goes out.
+
+    The close frame may come from trio-websocket while a data writer is the
+    one writing (a slow client replies to our close, or sends its own). The
+    writer's frames will never be written: it must raise, not loop. Run in a
+    thread, because a loop that never yields would hang ``trio.fail_after`` too.
+    """
+    outcome: list[str] = []
+
+    async def scenario() -> None:
+        async with socket_pair() as (ours, theirs):
+            stream = FrameStream(ours, send_timeout=10)
+            peer = Peer(theirs)
+            async with trio.open_nursery() as nursery:
+
+                async def write_backlog() -> None:
+                    with pytest.raises(trio.ClosedResourceError, match="close frame"):
+                        await stream.write(encode_lines(["b" * 50_000, "more"]))
+                    outcome.append("data writer gave up")
+
+                nursery.start_soon(write_backlog)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(stream.send_all, control_frame(CLOSE, struct.pack("!H", 1000)))
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(peer.read_to_end)
+                await trio.testing.wait_all_tasks_blocked()
+                await ours.aclose()
+            outcome.append("closed")
+            assert [f.opcode for f in peer.frames][-1] == CLOSE
+
+    thread = threading.Thread(target=lambda: trio.run(scenario), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the writers never finished: a loop that does not yield"
+    assert outcome == ["data writer gave up", "closed"]

@@ -73,6 +73,9 @@ class Transcript:
     pongs: int = 0
     server_pings: int = 0
     close: Frame | None = None
+    closing: bool = False
+    """The client sent its close frame: it sends nothing more."""
+    parser: ServerFrameParser = field(default_factory=ServerFrameParser)
 
     def check(self, frame: Frame) -> bytes | None:
         """Check one frame against what was sent; return the pong it calls for, if any."""
@@ -99,6 +102,10 @@ class Transcript:
         else:
             assert frame.opcode != BINARY, "no binary message was sent"
         return None
+
+    def close_code(self) -> int | None:
+        """The code of the server's close frame, if one came."""
+        return None if self.close is None else self.close.close_code
 
     def chatter(self) -> bytes:
         """A ping or a short text message, as a talkative client sends now and then."""
@@ -141,7 +148,7 @@ async def talk_while_reading(
     ``stall`` is set, it only lags, and more: far slower than the feed.
     """
     rng = transcript.rng
-    parser = ServerFrameParser()
+    parser = transcript.parser
     reads_until_chatter = 3
     reads = 0
     while True:
@@ -160,7 +167,7 @@ async def talk_while_reading(
         if reads_until_chatter == 0:
             reads_until_chatter = rng.randrange(1, 6)
             replies.append(transcript.chatter())
-        if transcript.close is None:
+        if transcript.close is None and not transcript.closing:
             try:
                 await stream.send_all(b"".join(reply for reply in replies if reply))
             except trio.BrokenResourceError:
@@ -177,22 +184,35 @@ SEEDS = [1, 2, 3]
 @pytest.mark.e2e
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_slow_client_that_talks_gets_whole_frames(seed: int) -> None:
-    """Pongs, echoes and pings never land inside a broadcast frame (they used to)."""
+    """Pongs, echoes and pings never land inside a broadcast frame (they used to).
+
+    Then the client closes while it is still behind: the server's close reply
+    follows whole frames (and the server does not hang on the way: it once
+    spun forever when a close came while a backlog was being written).
+    """
     args = ("--queue-size", "100000", "--on-full", "drop", "--ping-interval", "0.2")
     transcript = Transcript(random.Random(seed))
-    with trio.fail_after(30):
+    with trio.fail_after(40):
         async with running_command(*args) as process, trio.open_nursery() as nursery:
             stop = trio.Event()
             async with slow_connection(int(process.url.rsplit(":", 1)[1].strip("/"))) as stream:
                 nursery.start_soon(feed, process, stop)
                 with trio.move_on_after(8):
                     await talk_while_reading(stream, transcript)
+                assert transcript.close_code() is None
+                await stream.send_all(masked(CLOSE, struct.pack("!H", 1000)))
+                transcript.closing = True
+                await talk_while_reading(stream, transcript)
                 stop.set()
+            # The server still serves: a new client gets its handshake answered.
+            async with slow_connection(int(process.url.rsplit(":", 1)[1].strip("/"))):
+                pass
     # The run exercised what it claims to: lines, echoes, pongs and the server's pings.
     assert transcript.lines > 100, transcript
     assert transcript.echoes > 20, transcript
     assert transcript.pongs > 20, transcript
     assert transcript.server_pings > 5, transcript
+    assert transcript.close_code() == 1000, "no close reply, or not 1000"
 
 
 async def _talk_then(

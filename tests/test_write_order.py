@@ -93,6 +93,56 @@ class OneWriter(RuleBasedStateMachine):
         self.order.consume(taken, control)
         self._check_control_was_not_held_back(self.received[before:])
 
+    @rule(
+        share=st.floats(0, 1),
+        max_bytes=st.sampled_from([None, 1, 100, 1000]),
+        meanwhile=st.sampled_from(["ping", "data", "close"]),
+    )
+    def transport_takes_while_others_hand_over(
+        self, share: float, max_bytes: int | None, meanwhile: str
+    ) -> None:
+        """A TLS write in flight: frames handed over meanwhile are not part of it."""
+        frames, control = self.order.next_frames(max_bytes=max_bytes)
+        if max_bytes is not None and control == 0 and len(frames) > 1:
+            assert sum(map(len, frames)) <= max_bytes
+        due = len(self.control_due)
+        if not self.order.closing:
+            if meanwhile == "ping":
+                self.control(PING)
+            elif meanwhile == "data":
+                self.data("queued", 2)
+            else:
+                self.close(1001)
+        offered = b"".join(frames)
+        taken = int(len(offered) * share)
+        before = len(self.received)
+        self.received.extend(self.parser.feed(offered[:taken]))
+        self.order.consume(taken, control)
+        meanwhile_frames = [entry[0] for entry in self.control_due[due:]]
+        self._check_control_was_not_held_back(self.received[before:])
+        self.control_due = [
+            (frame, self.data_received, self.order.in_progress)
+            if frame in meanwhile_frames
+            else (frame, data_before, partial)
+            for frame, data_before, partial in self.control_due
+        ]
+
+    @precondition(lambda self: not self.order.pending and not self.order.closing)
+    @rule(lines=st.integers(1, 4), share=st.floats(0, 1))
+    def publisher_writes_at_once(self, lines: int, share: float) -> None:
+        """The fast path: an idle connection's socket took part of a batch at once."""
+        texts = [self._name("fast") + " " + "f" * (self.n * 53 % 400) for _ in range(lines)]
+        frames = encode_lines(texts)
+        data = b"".join(frames)
+        written = int(len(data) * share)
+        new = self.parser.feed(data[:written])
+        self.received.extend(new)
+        self._check_control_was_not_held_back(new)
+        self.data_sent.extend(Frame(0x1, text.encode()) for text in texts)
+        if written < len(data):  # the rest is the order's, counted as a batch
+            self.order.add_data(frames, data, written)
+            self.batch_ends.append(len(self.data_sent))
+
     def _check_control_was_not_held_back(self, new: list[Frame]) -> None:
         """A control frame goes out right after the frame in progress when it came.
 

@@ -38,7 +38,7 @@ from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from .config import Config
 from .counters import Counters
 from .fanout import Fanout, Overflow, Subscription
-from .frame_stream import FrameStream, WriteTimeout
+from .frame_stream import FrameStream
 from .frames import message_frame
 from .protocol_errors import fix_close_handling
 
@@ -68,6 +68,7 @@ GOING_AWAY = Ending(1001, "server shutting down")
 FEED_ENDED = Ending(1000, "end of feed")
 INTERNAL_ERROR = Ending(1011, "internal error")
 TOO_SLOW = Ending(1008, "too slow: broadcast queue full")  # a reason fits in 123 bytes
+STUCK = Ending(ABNORMAL, "write stuck: the client stopped reading (send_timeout)")
 
 
 def _closed_by_peer(reason: CloseReason | None) -> Ending:
@@ -182,10 +183,10 @@ async def _race(
         nonlocal ending
         try:
             result = await side()
-        except WriteTimeout as exc:
-            result = Ending(ABNORMAL, f"write stuck: {exc}")
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-            result = _closed_by_peer(ws.closed)
+            # A write that timed out (ours, or a pong or ping of trio-websocket's,
+            # which it turns into a 1006) leaves the stream stuck.
+            result = STUCK if stream.stuck else _closed_by_peer(ws.closed)
         if ending is None:
             ending = result
         race.cancel_scope.cancel()

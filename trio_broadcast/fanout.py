@@ -48,7 +48,9 @@ from .config import OnFull
 T = TypeVar("T")
 
 Deliver = Callable[[tuple[T, ...]], tuple[T, ...]]
-"""Try to deliver a batch at once, without waiting; return what is left (``()``: all)."""
+"""Try to deliver a batch at once, without waiting; return what to queue instead
+(``()``: nothing). Usually what was not delivered; a consumer may also queue a
+message of its own, such as a marker that wakes its task to finish the job."""
 
 
 class Overflow(Exception):
@@ -191,9 +193,9 @@ class Fanout(Generic[T]):
         """Join the feed: the history first, then every batch published from now on.
 
         ``deliver``, if given, is tried before the queue whenever this
-        subscriber is idle: it must not block, must not raise, and returns the
-        messages it could not deliver, which are queued ahead of anything
-        newer. Use the subscription as a context manager so that leaving
+        subscriber is idle: it must not block, must not raise, and returns what
+        to queue instead (see :data:`Deliver`), which is queued ahead of
+        anything newer. Use the subscription as a context manager so that leaving
         unsubscribes.
         """
         send, receive = trio.open_memory_channel[tuple[T, ...]](self.queue_size)

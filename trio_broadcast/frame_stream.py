@@ -40,7 +40,7 @@ connection goes out with one ``os.write`` and no bookkeeping (the publisher's
 goes out with one ``os.writev`` of the batches, each joined once, and a wait
 for the socket to become writable in between, so a control frame can slip in
 at the very next frame boundary. Over TLS, the same order is kept with
-``send_all`` of up to :data:`TLS_WRITE_SIZE` bytes at a time, shielded
+``send_all`` of whole frames, about :data:`TLS_WRITE_SIZE` bytes at a time, shielded
 from cancellation (a cancelled TLS write breaks the TLS stream) and bounded by
 the same deadline, which :meth:`finish_by` can shorten when the connection is
 being closed.
@@ -60,7 +60,7 @@ import trio
 from .write_order import WriteOrder
 
 TLS_WRITE_SIZE = 64 * 1024
-"""Bytes of whole frames (at least one) joined for one TLS ``send_all``."""
+"""Bytes of whole frames joined for one TLS ``send_all``: at most this, or one frame."""
 
 
 class WriteTimeout(trio.BrokenResourceError):
@@ -85,6 +85,7 @@ class FrameStream(trio.abc.Stream):
         "_tls_write",
         "_writing",
         "broken",
+        "stuck",
         "transport",
     )
 
@@ -101,8 +102,11 @@ class FrameStream(trio.abc.Stream):
         self._progress = trio.lowlevel.ParkingLot()
         self._closed = False
         self.broken = False
-        """A write did not finish: the peer may have part of a frame, so nothing
-        more may be written; the connection must be dropped."""
+        """A write did not finish (the connection broke, or :attr:`stuck`): the
+        peer may have part of a frame, so nothing more may be written; the
+        connection must be dropped."""
+        self.stuck = False
+        """A write did not finish within ``send_timeout``: the peer stopped reading."""
         self._finish_by = math.inf
         self._tls_write: trio.CancelScope | None = None
 
@@ -164,7 +168,8 @@ class FrameStream(trio.abc.Stream):
         Returns once they are written: at once, without yielding, when the
         socket takes them. With no frames, finishes the data that is pending
         (what :meth:`offer` left). Raises :class:`trio.ClosedResourceError`
-        once a close frame was sent or the stream closed, :class:`WriteTimeout`
+        once a close frame was handed over (its frames will never be written)
+        or the stream closed, :class:`WriteTimeout`
         if they are not written within ``send_timeout``, and
         :class:`trio.BrokenResourceError` if the connection broke. Cancelling
         it leaves the frames to be finished by the next writer.
@@ -199,7 +204,9 @@ class FrameStream(trio.abc.Stream):
 
         Used when the connection is being closed: the close frame waits behind
         the frame in progress, and both must fit in the time closing has.
-        Returns the deadline in force (the earliest one given).
+        Returns the deadline in force (the earliest one given). On a plain
+        socket there is nothing in flight to shorten: a waiting writer can
+        simply be cancelled.
         """
         self._finish_by = min(self._finish_by, deadline)
         if self._tls_write is not None:
@@ -213,8 +220,10 @@ class FrameStream(trio.abc.Stream):
 
     def _unusable(self, *, data: bool) -> str | None:
         """Why nothing (``data``: no data frame) may be written now, or ``None``."""
+        if self.stuck:
+            return "a write did not finish in time: the stream may end mid-frame"
         if self.broken:
-            return "a write did not finish: the stream may end mid-frame"
+            return "the connection broke"
         if self._closed:
             return "the stream is closed"
         if data and self._order.closing:
@@ -238,28 +247,40 @@ class FrameStream(trio.abc.Stream):
                     continue
                 self._writing = True
                 try:
-                    await self._write_while(done, deadline)
+                    await self._write_while(done, deadline, data=data)
                 finally:
                     self._writing = False
                     self._progress.unpark_all()  # one of them writes next
         if timer.cancelled_caught:
-            self.broken = True
+            self.broken = self.stuck = True
             self._progress.unpark_all()
             raise WriteTimeout(f"a write did not finish within {self._send_timeout:g} s")
 
-    async def _write_while(self, done: Callable[[], bool], deadline: float) -> None:
+    async def _write_while(self, done: Callable[[], bool], deadline: float, *, data: bool) -> None:
         while not done():
+            # Another task may have broken or closed the stream, or handed over a
+            # close frame, after which this writer's data will never go out.
+            self._raise_if_unusable(data=data)
             if self._socket is None:
-                await self._send_tls(deadline)
-            elif not self._write_nowait():
-                await trio.lowlevel.wait_writable(self._socket)
-            if len(self._progress):
+                await trio.lowlevel.checkpoint_if_cancelled()  # nothing is cut: see _send_tls
+                progress = await self._send_tls(deadline)
+            else:
+                progress = self._write_nowait()
+                if not progress:
+                    await trio.lowlevel.wait_writable(self._socket)
+            if progress and len(self._progress):
                 self._progress.unpark_all()  # those whose frames are out may go on
 
+    def _next_frames(self, max_bytes: int | None = None) -> tuple[list[bytes | memoryview], int]:
+        frames, control = self._order.next_frames(max_bytes=max_bytes)
+        if not frames:  # a waiting writer's frames are all behind a close frame
+            raise trio.ClosedResourceError("a close frame was sent: nothing may follow it")
+        return frames, control
+
     def _write_nowait(self) -> bool:
-        """One non-blocking ``writev``; whether the socket took all that was offered."""
+        """One non-blocking ``writev``; whether it wrote anything."""
         assert self._socket is not None
-        frames, control = self._order.next_frames()
+        frames, control = self._next_frames()
         fd = self._socket.fileno()
         if fd < 0:  # closed under us: the number may already belong to another socket
             self._closed = True
@@ -272,27 +293,30 @@ class FrameStream(trio.abc.Stream):
             self.broken = True
             raise trio.BrokenResourceError(f"the connection broke: {exc}") from None
         self._order.consume(written, control)
-        return written == sum(map(len, frames))
+        return written > 0
 
-    async def _send_tls(self, deadline: float) -> None:
-        frames, control = self._order.next_frames()
-        chunk: list[bytes | memoryview] = []
-        size = 0
-        for frame in frames:
-            chunk.append(frame)
-            size += len(frame)
-            if size >= TLS_WRITE_SIZE:
-                break
+    async def _send_tls(self, deadline: float) -> bool:
+        """One ``send_all`` of whole frames, at most about :data:`TLS_WRITE_SIZE` bytes.
+
+        Shielded: a TLS stream whose ``send_all`` is cancelled is broken, and
+        this one would end mid-frame. Bounded by ``deadline`` instead, which
+        :meth:`finish_by` can bring forward. Cut at a frame boundary, so that
+        a control frame waits for at most that much, and a cancelled writer
+        stops between two writes without leaving a frame unfinished.
+        """
+        frames, control = self._next_frames(max_bytes=TLS_WRITE_SIZE)
+        chunk = b"".join(frames)
         with trio.CancelScope(shield=True, deadline=min(deadline, self._finish_by)) as scope:
             self._tls_write = scope
             try:
-                await self.transport.send_all(b"".join(chunk))
+                await self.transport.send_all(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.broken = True
                 raise
             finally:
                 self._tls_write = None
         if scope.cancelled_caught:
-            self.broken = True
+            self.broken = self.stuck = True
             raise WriteTimeout(f"a TLS write did not finish within {self._send_timeout:g} s")
-        self._order.consume(size, control)
+        self._order.consume(len(chunk), control)
+        return True

@@ -12,8 +12,9 @@ without sockets. The rule it keeps:
 * **then data frames** (broadcast lines, echoes), in the order they came;
 * **nothing after a close frame**: data frames still waiting are never taken.
 
-Frames are counted in and out per kind, so that a writer knows its frames are
-out once the count written reaches the number its last frame was given.
+Control frames are counted one by one and data frames batch by batch, in and
+out, so that a writer knows its frames are out once the count written reaches
+the number it was given when it handed them over.
 """
 
 from __future__ import annotations
@@ -39,8 +40,19 @@ class _Batch:
         """Kept to find frame boundaries, should a control frame need one."""
         self.written = written
 
-    def rest(self) -> memoryview | bytes:
-        return memoryview(self.data)[self.written :] if self.written else self.data
+    def rest(self, max_bytes: int | None = None) -> memoryview | bytes:
+        """What is left to write; with ``max_bytes``, only the whole frames that fit
+        (at least one)."""
+        if max_bytes is None or len(self.data) - self.written <= max_bytes:
+            return memoryview(self.data)[self.written :] if self.written else self.data
+        end = None
+        for boundary in accumulate(map(len, self.frames)):
+            if boundary <= self.written:
+                continue
+            if end is not None and boundary - self.written > max_bytes:
+                break
+            end = boundary
+        return memoryview(self.data)[self.written : end]
 
     def mid_frame(self) -> bool:
         """Whether part of a frame is written and part is not."""
@@ -122,11 +134,16 @@ class WriteOrder:
             self.data_in += 1
         return self.data_in
 
-    def next_frames(self, limit: int = IOV_MAX) -> tuple[list[bytes | memoryview], int]:
+    def next_frames(
+        self, limit: int = IOV_MAX, max_bytes: int | None = None
+    ) -> tuple[list[bytes | memoryview], int]:
         """What goes next, at most ``limit`` buffers, and how many control frames that is.
 
-        Pass both to :meth:`consume` with the number of bytes the transport
-        took. Empty when nothing can be written.
+        With ``max_bytes``, data frames are taken, up to a frame boundary, only
+        while the whole stays within that many bytes (control frames always go,
+        and a first data frame goes alone if it is larger). Pass both to :meth:`consume`
+        with the number of bytes the transport took. Empty when nothing can be
+        written (all that waits is behind a close frame).
         """
         if self._control_head:
             buffers: list[bytes | memoryview] = [self._control_head]
@@ -136,8 +153,20 @@ class WriteOrder:
             buffers = []
         buffers.extend(islice(self._control, limit - len(buffers)))
         control = len(buffers) - bool(self._control_head)
-        if not self.closing:
+        if self.closing:
+            return buffers, control
+        if max_bytes is None:
             buffers.extend(batch.rest() for batch in islice(self._data, limit - len(buffers)))
+            return buffers, control
+        budget = max_bytes - sum(map(len, buffers))
+        for batch in islice(self._data, limit - len(buffers)):
+            piece = batch.rest(max(budget, 1))
+            if buffers and len(piece) > budget:
+                break  # only the first buffer may be one frame over the budget
+            buffers.append(piece)
+            budget -= len(piece)
+            if len(piece) < len(batch.data) - batch.written:
+                break  # cut inside this batch: what follows must wait
         return buffers, control
 
     def consume(self, written: int, control: int) -> None:
