@@ -183,7 +183,7 @@ async def test_a_client_that_never_reads_is_cut_off_and_delays_nobody() -> None:
                 for i in range(300):
                     await feed.send(f"{i} {line}")
                     assert await ws.get_message() == f"{i} {line}"
-                assert server.hub.overflows == 1
+                assert server.fanout.overflows == 1
                 await wait_until(lambda: server.clients == 1)
             await stuck.aclose()
 
@@ -201,8 +201,8 @@ async def test_drop_policy_skips_messages_for_the_slow_client_only() -> None:
                 for i in range(300):
                     await feed.send(f"{i} {line}")
                     assert await ws.get_message() == f"{i} {line}"
-                assert server.hub.dropped > 0
-                assert server.hub.overflows == 0
+                assert server.fanout.dropped > 0
+                assert server.fanout.overflows == 0
                 # The stuck write is bounded by send_timeout: the connection is dropped.
                 await wait_until(lambda: server.clients == 1)
             await stuck.aclose()

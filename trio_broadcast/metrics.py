@@ -72,12 +72,12 @@ class _ServerCollector(Collector):
             (
                 "messages_dropped",
                 "Messages skipped for clients that fell behind (--on-full drop).",
-                server.hub.dropped,
+                server.fanout.dropped,
             ),
             (
                 "slow_disconnects",
                 "Clients cut off for falling behind (--on-full disconnect).",
-                server.hub.overflows,
+                server.fanout.overflows,
             ),
             (
                 "bytes_sent",

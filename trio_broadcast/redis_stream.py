@@ -15,7 +15,7 @@ The module has a sans-I/O half and an I/O half, as the rest of the package:
   :class:`Backoff` (the retry schedule) and :class:`Cursor` (where a reader is,
   and how many entries were trimmed away before it read them);
 * I/O: :func:`connect` (start-up, where every failure is a one-line
-  :class:`~trio_broadcast.server.StartupError`), :class:`RedisStream` (one
+  :class:`~trio_broadcast.errors.StartupError`), :class:`RedisStream` (one
   method per Redis conversation), :func:`append_from` (the publisher: a bounded
   buffer, then backpressure on its source), :class:`Follower` (the reader) and
   :func:`stream_source`, which puts them together as the server's line source.
@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import trio
 
-from .server import LineSource, StartupError
-from .stdin import Publish
+from .errors import StartupError
+from .source import LineSource, Publish
 
 if TYPE_CHECKING:
     from coredis import Redis
