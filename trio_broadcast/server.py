@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from types import MappingProxyType
 
 import trio
 
 from . import metrics
 from .config import Config
 from .connection import Connections
-from .counters import Counters
+from .counters import Counters, Statistics
 from .fanout import Fanout
 from .frames import encode_lines
 from .listeners import DescriptorReserve, accept_forever, open_listeners, url
@@ -51,23 +52,21 @@ class Server:
         self.config = config
         self.urls = urls
         """One ``ws://`` or ``wss://`` URL per listening socket."""
-        self.fanout: Fanout[bytes] = Fanout(
+        self._fanout: Fanout[bytes] = Fanout(
             queue_size=config.queue_size, on_full=config.on_full, history=config.history
         )
-        self.input_open = True
-        """False once the line source has ended."""
-        self.lines_read = 0
-        self.counters = counters or Counters()
-        """What ``/metrics`` reports, beside the fan-out's own counts."""
-        self.started_at = trio.current_time()
+        self._input_open = True
+        self._lines_read = 0
+        self._counters = counters or Counters()
+        self._started_at = trio.current_time()
         self._shutdown = Shutdown()
         # Created here, entered by _accept(): the end of input may cancel it first.
         self._accepting = trio.CancelScope()
         self._drops_reported = 0
         self._drops_reported_at = -DROP_REPORT_INTERVAL
-        self._registry = metrics.registry_for(self)
+        self._registry = metrics.registry_for(self.statistics)
         site = Site(config, self._health, self._metrics)
-        self._connections = Connections(config, self.fanout, self.counters, self._shutdown, site)
+        self._connections = Connections(config, self._fanout, self._counters, self._shutdown, site)
 
     @property
     def port(self) -> int:
@@ -79,10 +78,27 @@ class Server:
         """Connected WebSocket clients (handshake done, not yet closed)."""
         return self._connections.clients
 
-    @property
-    def connections(self) -> int:
-        """Open TCP connections, including those still in the handshake."""
-        return self._connections.open
+    def statistics(self) -> Statistics:
+        """Every number the server keeps, gathered now into one frozen value.
+
+        What ``/metrics`` and ``/healthz`` report; see
+        :mod:`trio_broadcast.counters` for where each count lives.
+        """
+        counters = self._counters
+        return Statistics(
+            clients=self._connections.clients,
+            connections=self._connections.open,
+            handshakes=MappingProxyType(dict(counters.connections)),
+            lines_read=self._lines_read,
+            input_open=self._input_open,
+            delivered=counters.delivered,
+            bytes_sent=counters.bytes_sent,
+            dropped=self._fanout.dropped,
+            slow_disconnects=self._fanout.overflows,
+            lines_too_long=counters.lines_too_long,
+            tasks=trio.lowlevel.current_statistics().tasks_living,
+            uptime=trio.current_time() - self._started_at,
+        )
 
     def shutdown(self) -> None:
         """Stop gracefully: stop accepting and reading, close every client with 1001.
@@ -100,23 +116,23 @@ class Server:
         Never waits on a client: the checkpoint after publishing is what lets
         client tasks write before the next batch arrives.
         """
-        self.fanout.publish(encode_lines(lines))
-        self.lines_read += len(lines)
+        self._fanout.publish(encode_lines(lines))
+        self._lines_read += len(lines)
         self._report_drops()
         await trio.lowlevel.checkpoint()
 
     def _report_drops(self) -> None:
         now = trio.current_time()
         if (
-            self.fanout.dropped > self._drops_reported
+            self._fanout.dropped > self._drops_reported
             and now - self._drops_reported_at >= DROP_REPORT_INTERVAL
         ):
             log.warning(
                 "dropped %d messages for slow clients (--on-full drop); %d in all",
-                self.fanout.dropped - self._drops_reported,
-                self.fanout.dropped,
+                self._fanout.dropped - self._drops_reported,
+                self._fanout.dropped,
             )
-            self._drops_reported = self.fanout.dropped
+            self._drops_reported = self._fanout.dropped
             self._drops_reported_at = now
 
     async def _accept(
@@ -145,20 +161,21 @@ class Server:
     async def _feed(self, source: LineSource) -> None:
         with self._shutdown.cancels(trio.CancelScope()) as reading, reading:
             await source(self.publish)
-            self.input_open = False
-            log.info("end of input after %d lines", self.lines_read)
+            self._input_open = False
+            log.info("end of input after %d lines", self._lines_read)
             if self.config.exit_on_eof:
                 # Clients drain their queues and close with 1000; once the
                 # last one has, serve() returns.
-                self.fanout.close()
+                self._fanout.close()
                 self._accepting.cancel()
 
     def _health(self) -> dict[str, object]:
+        now = self.statistics()
         return {
             "status": "ok",
-            "clients": self.clients,
-            "uptime_s": round(trio.current_time() - self.started_at, 3),
-            "stdin_open": self.input_open,
+            "clients": now.clients,
+            "uptime_s": round(now.uptime, 3),
+            "stdin_open": now.input_open,
         }
 
     def _metrics(self) -> tuple[bytes, str]:
