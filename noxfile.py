@@ -39,7 +39,7 @@ TEST_DEPS = [
     "trustme>=1.1",
     "httpx>=0.27",
 ]
-LINT_DEPS = ["ruff>=0.8"]
+LINT_DEPS = ["ruff>=0.8", "import-linter>=2.1"]
 TYPE_DEPS = ["mypy>=1.13", *TEST_DEPS, "nox"]
 COVERAGE_FLOOR = 95
 # Debian's build: Playwright's own browser download cannot run here.
@@ -129,10 +129,17 @@ def _install_redis_server(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
+    """ruff check, ruff format --check, and the import contracts (lint-imports).
+
+    The contracts in pyproject.toml keep the package's layers (README "How it
+    works"): an import that runs uphill, or a second module importing wsproto
+    or coredis, fails here.
+    """
     session.install(*LINT_DEPS)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # From the checkout, without installing it: lint-imports reads the source tree.
+    session.run("lint-imports")
 
 
 @nox.session(python=PYTHON)
