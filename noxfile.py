@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import nox
 from nox.command import CommandFailed
@@ -39,7 +40,7 @@ TEST_DEPS = [
     "trustme>=1.1",
     "httpx>=0.27",
 ]
-LINT_DEPS = ["ruff>=0.8"]
+LINT_DEPS = ["ruff>=0.8", "import-linter>=2.1"]
 TYPE_DEPS = ["mypy>=1.13", *TEST_DEPS, "nox"]
 COVERAGE_FLOOR = 95
 # Debian's build: Playwright's own browser download cannot run here.
@@ -89,24 +90,25 @@ def browser(session: nox.Session) -> None:
 
 
 def _install_chromium(session: nox.Session) -> None:
-    _apt_install(session, "chromium", lambda: os.path.exists(CHROMIUM), f"{CHROMIUM} exists")
+    _apt_install(session, ["chromium"], lambda: os.path.exists(CHROMIUM), f"{CHROMIUM} exists")
 
 
 def _apt_install(
-    session: nox.Session, package: str, installed: Callable[[], bool], what: str
+    session: nox.Session, packages: Sequence[str], installed: Callable[[], bool], what: str
 ) -> None:
-    """Install a Debian package the session needs, or stop with a clear message."""
-    how = f"install Debian's {package} package so that {what} (apt-get install {package})"
+    """Install the Debian packages the session needs, or stop with a clear message."""
+    names = " ".join(packages)
+    how = f"install Debian's {names} so that {what} (apt-get install {names})"
     if shutil.which("apt-get") is None or os.geteuid() != 0:
-        session.error(f"{package} is missing and apt-get cannot run here as root: {how}")
+        session.error(f"{names} missing and apt-get cannot run here as root: {how}")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     try:
         session.run("apt-get", "update", external=True, env=env)
-        session.run("apt-get", "install", "-y", package, external=True, env=env)
+        session.run("apt-get", "install", "-y", *packages, external=True, env=env)
     except CommandFailed:
-        session.error(f"apt-get could not install {package}: {how}")
+        session.error(f"apt-get could not install {names}: {how}")
     if not installed():
-        session.error(f"apt-get installed {package}, but it is still not usable: {how}")
+        session.error(f"apt-get installed {names}, but it is still not usable: {how}")
 
 
 @nox.session(python=PYTHON)
@@ -121,7 +123,7 @@ def redis(session: nox.Session) -> None:
 def _install_redis_server(session: nox.Session) -> None:
     _apt_install(
         session,
-        "redis-server",
+        ["redis-server"],
         lambda: shutil.which("redis-server") is not None,
         "redis-server is on PATH",
     )
@@ -129,10 +131,17 @@ def _install_redis_server(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
+    """ruff check, ruff format --check, and the import contracts (lint-imports).
+
+    The contracts in pyproject.toml keep the package's layers (README "How it
+    works"): an import that runs uphill, or a second module importing wsproto
+    or coredis, fails here.
+    """
     session.install(*LINT_DEPS)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # From the checkout, without installing it: lint-imports reads the source tree.
+    session.run("lint-imports")
 
 
 @nox.session(python=PYTHON)
@@ -225,8 +234,36 @@ def conformance(session: nox.Session) -> None:
     20.3.4, setuptools 44.1.1, wheel 0.37.1 and autobahntestsuite with its
     dependencies pinned to their last Python 2.7 releases. It needs gcc, gpgv
     and debian-archive-keyring (all on Debian's standard developer machines),
-    and the system's Python and apt are left untouched.
+    and the system's Python is left untouched; the session installs those
+    three (and the C library's headers) with apt-get when they are missing
+    and Python 2.7 is not built yet.
     """
-    session.install(".")
     cache = session.cache_dir / "autobahn"
+    _install_build_tools(session, cache)
+    session.install(".")
     session.run("python", "conformance/autobahn.py", "--cache-dir", str(cache), *session.posargs)
+
+
+# What conformance/autobahn.py needs to build its Python 2.7: the Debian package
+# that provides it, and how to tell that it is there.
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+BUILD_TOOLS: dict[str, Callable[[], bool]] = {
+    "gcc": lambda: shutil.which("gcc") is not None,
+    "libc6-dev": lambda: os.path.exists("/usr/include/stdio.h"),
+    "gpgv": lambda: shutil.which("gpgv") is not None,
+    "debian-archive-keyring": lambda: os.path.exists(DEBIAN_KEYRING),
+}
+
+
+def _install_build_tools(session: nox.Session, cache: Path) -> None:
+    if (cache / "python2.7" / "recipe.json").exists():
+        return  # built already; autobahn.py names what is missing if it must rebuild
+    missing = [package for package, present in BUILD_TOOLS.items() if not present()]
+    if missing:
+        _apt_install(
+            session,
+            missing,
+            lambda: all(present() for present in BUILD_TOOLS.values()),
+            "conformance/autobahn.py can check Debian's signatures and compile wstest's "
+            "accelerators",
+        )

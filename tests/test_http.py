@@ -143,7 +143,7 @@ async def test_healthz_reports_clients_uptime_and_stdin() -> None:
                 await wait_until(lambda: server.clients == 1)
                 assert (await client.get("/healthz")).json()["clients"] == 1
             feed.end()
-            await wait_until(lambda: not server.input_open)
+            await wait_until(lambda: not server.statistics().input_open)
             last = (await client.get("/healthz")).json()
             assert last["stdin_open"] is False
             assert last["uptime_s"] >= first["uptime_s"]
@@ -195,7 +195,8 @@ async def test_metrics_show_connections_tasks_and_descriptors_coming_back_down()
                 during = await scrape(client)
                 assert during[("trio_broadcast_open_connections", "")] == 3
                 assert during[("trio_broadcast_tasks", "")] > before[("trio_broadcast_tasks", "")]
-            await wait_until(lambda: server.connections == 0)  # the clients, fully closed
+            # The clients, fully closed:
+            await wait_until(lambda: server.statistics().connections == 0)
             after = await scrape(client)
             assert after[("trio_broadcast_tasks", "")] == before[("trio_broadcast_tasks", "")]
             assert after[("process_open_fds", "")] == before[("process_open_fds", "")]
@@ -214,7 +215,7 @@ async def test_metrics_count_long_lines_read_from_a_file_descriptor() -> None:
                 server: Server = await nursery.start(
                     partial(serve, config, source, counters=counters)
                 )
-                await wait_until(lambda: not server.input_open)
+                await wait_until(lambda: not server.statistics().input_open)
                 async with http(server) as client:
                     values = metric_values((await client.get("/metrics")).text)
                 assert values[("trio_broadcast_lines_too_long_total", "")] == 1
@@ -229,7 +230,7 @@ async def test_two_servers_have_separate_registries() -> None:
     with trio.fail_after(10):
         async with running_server(feed) as busy, running_server() as idle:
             await feed.send("one")
-            await wait_until(lambda: busy.lines_read == 1)
+            await wait_until(lambda: busy.statistics().lines_read == 1)
             for server, expected in ((busy, 1), (idle, 0)):
                 async with http(server) as client:
                     values = metric_values((await client.get("/metrics")).text)
@@ -333,7 +334,7 @@ async def test_the_reading_before_closing_is_bounded_in_time() -> None:
                 while await stream.receive_some():  # the answer, then the half-close
                     pass
                 # Kept open and silent: closed after LINGER_SECONDS.
-                await wait_until(lambda: server.connections == 0)
+                await wait_until(lambda: server.statistics().connections == 0)
 
 
 async def test_the_reading_before_closing_is_bounded_in_bytes(
@@ -350,7 +351,7 @@ async def test_the_reading_before_closing_is_bounded_in_bytes(
                     while sent < 100 * handshake.LINGER_BYTES:
                         await stream.send_all(b"x" * 65536)
                         sent += 65536
-                await wait_until(lambda: server.connections == 0)
+                await wait_until(lambda: server.statistics().connections == 0)
     assert sent < 100 * handshake.LINGER_BYTES
 
 
@@ -377,7 +378,7 @@ async def test_slow_headers_are_dropped_at_the_deadline() -> None:
                     assert await stream.receive_some() == b""
                 assert 0.5 <= trio.current_time() - started < 2
                 nursery.cancel_scope.cancel()
-            await wait_until(lambda: server.connections == 0)
+            await wait_until(lambda: server.statistics().connections == 0)
 
 
 async def test_a_request_in_small_pieces_gets_its_answer() -> None:
@@ -514,7 +515,7 @@ async def test_accepted_handshakes() -> None:
                 await ws.send_message("own")
                 assert await ws.get_message() == "own"
             await wait_until(lambda: server.clients == 0)
-            assert server.counters.connections["accepted"] == 3
+            assert server.statistics().handshakes["accepted"] == 3
 
 
 async def test_a_rebound_name_does_not_pass_for_the_servers_own_origin() -> None:
@@ -551,7 +552,7 @@ async def test_with_allowed_hosts_a_rebound_page_cannot_read_anything() -> None:
                 assert answer.endswith(b"\r\n\r\nhost not allowed (see --allowed-host)\n")
             rebound = upgrade_request("/").replace(b"Host: 127.0.0.1", b"Host: evil.example")
             assert await status_line(server, rebound) == b"HTTP/1.1 403 Forbidden"
-            assert server.counters.connections["forbidden_host"] == 1
+            assert server.statistics().handshakes["forbidden_host"] == 1
             async with http(server) as client:  # Host: 127.0.0.1:PORT
                 assert (await client.get("/healthz")).status_code == 200
                 named = await client.get("/healthz", headers={"Host": "chat.example"})
@@ -566,7 +567,7 @@ async def test_refusal_logs_are_rate_limited_and_counted(
         async with running_server(token=TOKEN) as server:
             for _ in range(5):
                 assert (await exchange(server, upgrade_request())).startswith(b"HTTP/1.1 401 ")
-            assert server.counters.connections["unauthorized"] == 5
+            assert server.statistics().handshakes["unauthorized"] == 5
             held = [r for r in caplog.records if r.getMessage().startswith("refused")]
             assert len(held) == 1
             # A second later, the next refusal is logged with the count held back.

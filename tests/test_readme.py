@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import subprocess
@@ -57,3 +58,20 @@ def test_the_performance_table_is_generated_from_the_latest_results() -> None:
         sys.path.remove(str(root / "bench"))
     rendered = report.render(json.loads((root / "bench/results/latest.json").read_text()))
     assert report.with_table(README, rendered) == README
+
+
+def _where_names() -> set[str]:
+    section = README.split("## How it works", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| **")]
+    return {name for row in rows for name in re.findall(r"`([\w.]+)", row.rsplit("|", 2)[1])}
+
+
+def test_how_it_works_names_what_exists() -> None:
+    names = _where_names()
+    assert len(names) > 20
+    for name in names:
+        module, *attributes = name.split(".")
+        target: object = importlib.import_module(f"trio_broadcast.{module}")
+        for attribute in attributes:
+            assert hasattr(target, attribute), name
+            target = getattr(target, attribute)

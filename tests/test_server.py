@@ -9,6 +9,7 @@ may leave an error in the server's log.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gc
 import logging
 import os
@@ -163,7 +164,7 @@ async def test_history_then_live_feed_without_gap() -> None:
     with trio.fail_after(10):
         async with running_server(feed, history=3) as server:
             await feed.send("a", "b", "c", "d")
-            await wait_until(lambda: server.lines_read == 4)
+            await wait_until(lambda: server.statistics().lines_read == 4)
             async with ws_client(server.urls[0]) as ws:
                 await feed.send("e")
                 assert await receive_n(ws, 4) == ["b", "c", "d", "e"]
@@ -183,7 +184,7 @@ async def test_a_client_that_never_reads_is_cut_off_and_delays_nobody() -> None:
                 for i in range(300):
                     await feed.send(f"{i} {line}")
                     assert await ws.get_message() == f"{i} {line}"
-                assert server.hub.overflows == 1
+                assert server.statistics().slow_disconnects == 1
                 await wait_until(lambda: server.clients == 1)
             await stuck.aclose()
 
@@ -201,8 +202,8 @@ async def test_drop_policy_skips_messages_for_the_slow_client_only() -> None:
                 for i in range(300):
                     await feed.send(f"{i} {line}")
                     assert await ws.get_message() == f"{i} {line}"
-                assert server.hub.dropped > 0
-                assert server.hub.overflows == 0
+                assert server.statistics().dropped > 0
+                assert server.statistics().slow_disconnects == 0
                 # The stuck write is bounded by send_timeout: the connection is dropped.
                 await wait_until(lambda: server.clients == 1)
             await stuck.aclose()
@@ -298,7 +299,7 @@ async def test_nothing_is_answered_after_refusing_a_fragment_flood(late: bytes) 
             received = b""
             while chunk := await stream.receive_some():
                 received += chunk
-            await wait_until(lambda: server.connections == 0)
+            await wait_until(lambda: server.statistics().connections == 0)
             await stream.aclose()
             reason = b"message in more than 1024 fragments"
             assert received == bytes([0x88, 2 + len(reason)]) + struct.pack("!H", 1008) + reason
@@ -391,9 +392,9 @@ async def test_a_connection_that_never_handshakes_is_dropped() -> None:
     with trio.fail_after(10):
         async with running_server(handshake_timeout=0.2) as server:
             idle = await raw_connect(server)
-            await wait_until(lambda: server.connections == 1)
+            await wait_until(lambda: server.statistics().connections == 1)
             assert await idle.receive_some() == b""
-            await wait_until(lambda: server.connections == 0)
+            await wait_until(lambda: server.statistics().connections == 0)
             await idle.aclose()
 
 
@@ -459,7 +460,7 @@ async def test_end_of_input_with_exit_on_eof_delivers_then_closes_with_1000() ->
                 feed.end()
                 assert await receive_n(ws, len(lines)) == lines
                 assert await close_code(ws) == 1000
-        assert not server.input_open
+        assert not server.statistics().input_open
 
 
 async def test_end_of_input_keeps_serving_by_default() -> None:
@@ -467,7 +468,7 @@ async def test_end_of_input_keeps_serving_by_default() -> None:
     with trio.fail_after(10):
         async with running_server(feed) as server:
             feed.end()
-            await wait_until(lambda: not server.input_open)
+            await wait_until(lambda: not server.statistics().input_open)
             async with ws_client(server.urls[0]) as ws:
                 await ws.send_message("after eof")
                 assert await ws.get_message() == "after eof"
@@ -524,3 +525,23 @@ async def test_a_bad_certificate_is_a_startup_error(tmp_path: os.PathLike[str]) 
 async def test_an_unknown_host_is_a_startup_error() -> None:
     with trio.fail_after(10), pytest.raises(StartupError, match="cannot resolve host"):
         await serve(Config(host="no-such-host.invalid", port=0))
+
+
+async def test_statistics_is_one_frozen_snapshot() -> None:
+    """``Server.statistics()`` gathers every count once; later changes do not reach it."""
+    with trio.fail_after(10):
+        async with running_server() as server:
+            before = server.statistics()
+            async with ws_client(server.urls[0]) as ws:
+                await wait_until(lambda: server.clients == 1)
+                await server.publish(["one", "two"])
+                assert await ws.get_message() == "one"
+                now = server.statistics()
+            assert (before.clients, before.lines_read, before.handshakes["accepted"]) == (0, 0, 0)
+            assert (now.clients, now.lines_read, now.handshakes["accepted"]) == (1, 2, 1)
+            assert now.connections == 1
+            assert now.input_open
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                now.clients = 2  # type: ignore[misc]
+            with pytest.raises(TypeError):
+                now.handshakes["accepted"] = 2  # type: ignore[index]

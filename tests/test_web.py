@@ -24,9 +24,9 @@ from trio_broadcast.cli import (
 )
 from trio_broadcast.config import Config
 from trio_broadcast.counters import Counters
+from trio_broadcast.errors import StartupError
 from trio_broadcast.frames import message_frame
 from trio_broadcast.handshake import RequestHead
-from trio_broadcast.server import StartupError
 from trio_broadcast.web import Response, Site
 
 TOKEN = "s3cret-token"

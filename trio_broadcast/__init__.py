@@ -20,10 +20,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 from .config import Config, OnFull
+from .errors import StartupError
 from .fanout import Fanout, Overflow, Subscription
 from .lines import LineSplitter, Split
-from .server import LineSource, Server, StartupError, serve
-from .stdin import Publish, read_lines
+from .server import Server, serve
+from .source import LineSource, Publish
+from .stdin import read_lines
 
 __all__ = [
     "Config",

@@ -42,7 +42,7 @@ UNAUTHORIZED = "unauthorized"
 FORBIDDEN_ORIGIN = "forbidden_origin"
 TOO_MANY_CLIENTS = "too_many_clients"
 OUT_OF_DESCRIPTORS = "out_of_file_descriptors"
-"""Refused at accept, before any request was read (:mod:`trio_broadcast.accept`)."""
+"""Refused at accept, before any request was read (:mod:`trio_broadcast.listeners`)."""
 RESULTS = (
     ACCEPTED,
     BAD_REQUEST,

@@ -1,4 +1,4 @@
-"""The ``trio-broadcast`` command: arguments in, :class:`Config` out, exit codes.
+"""The ``trio-broadcast`` command: arguments in, :class:`Config` out, signals, exit codes.
 
 Exit codes: 0 after a clean stop (a signal, or the end of input with
 ``--exit-on-eof``); 1 when the server cannot start (the reason on one line);
@@ -12,6 +12,7 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -22,8 +23,13 @@ from . import __version__, redis_stream
 from .client_text import LogFormatter
 from .config import Config, OnFull
 from .counters import Counters
-from .server import LineSource, Server, StartupError, run
+from .errors import StartupError
+from .server import Server, serve
+from .signals import StopSignals
+from .source import LineSource
 from .stdin import read_lines
+
+log = logging.getLogger("trio_broadcast")
 
 PROG = "trio-broadcast"
 TOKEN_VARIABLE = "TRIO_BROADCAST_TOKEN"
@@ -278,6 +284,36 @@ def _hold_stdin_slot() -> None:
         if fd != 0:  # pragma: no cover - fd 0 is the lowest free descriptor
             os.dup2(fd, 0)
             os.close(fd)
+
+
+async def run(
+    config: Config,
+    source: LineSource | None,
+    on_listening: Callable[[Server], None],
+    counters: Counters | None = None,
+) -> None:
+    """:func:`~trio_broadcast.serve`, stopped gracefully by SIGINT or SIGTERM.
+
+    A second signal exits at once, with the status 128+N that a shell reports
+    for a process killed by signal N; see :mod:`trio_broadcast.signals` for why
+    a plain handler.
+    """
+    server: Server | None = None
+    stop_requested = False
+
+    def stop(signum: signal.Signals) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        log.info("%s: closing %d clients", signum.name, server.clients if server else 0)
+        if server is not None:
+            server.shutdown()
+
+    with StopSignals(stop):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(serve, config, source, counters=counters))
+            on_listening(server)
+            if stop_requested:  # a signal came while starting up
+                server.shutdown()
 
 
 async def _run(config: Config, stdin: LineSource | None, counters: Counters) -> None:

@@ -221,14 +221,14 @@ class Report:
 
 async def serve_client(
     ws: WebSocketConnection,
-    hub: Fanout[bytes],
+    fanout: Fanout[bytes],
     config: Config,
     *,
     stop: trio.CancelScope,
     stream: FrameStream,
     counters: Counters | None = None,
 ) -> Report:
-    """Subscribe one accepted connection to ``hub`` and serve it until it ends.
+    """Subscribe one accepted connection to ``fanout`` and serve it until it ends.
 
     Then close it, and report why.
 
@@ -249,7 +249,7 @@ async def serve_client(
     fix_close_handling(ws, max_message_size=config.max_message_size)
     sender = _Sender(stream, counters or Counters())
     ending = GOING_AWAY
-    subscription = hub.subscribe(deliver=sender.deliver_nowait)
+    subscription = fanout.subscribe(deliver=sender.deliver_nowait)
     try:
         with stop, subscription:
             ending = await _race(ws, subscription, sender, stream, config)

@@ -24,20 +24,17 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import trio
 
 from .counters import Counters
 from .lines import LineSplitter, Split
+from .source import Publish
 
 log = logging.getLogger("trio_broadcast")
 
 CHUNK_SIZE = 64 * 1024
-
-Publish = Callable[[Sequence[str]], Awaitable[None]]
-"""Hands one batch of lines onwards; may wait (that is how a sink applies backpressure)."""
 
 
 class _Reader(Protocol):

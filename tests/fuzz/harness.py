@@ -260,7 +260,9 @@ class Fuzzer:
             await self._good.stop()
         self._good = _GoodClient(self.server.urls[0])
         self._good_ws = await self._nursery.start(self._good.hold)
-        await wait_until(lambda: self.server.clients == 1 and self.server.connections == 1)
+        await wait_until(
+            lambda: self.server.clients == 1 and self.server.statistics().connections == 1
+        )
 
     async def drive(self, test: Callable[..., None]) -> None:
         """Run the Hypothesis ``test`` (taking ``fuzz=self``) until the budget is spent.
@@ -327,11 +329,12 @@ class Fuzzer:
         server = self.server
         with trio.move_on_after(SETTLE_SECONDS) as waiting:
             await trio.testing.wait_all_tasks_blocked()  # usually enough
-            await wait_until(lambda: server.connections == 1 and server.clients == 1)
+            await wait_until(lambda: server.statistics().connections == 1 and server.clients == 1)
         if waiting.cancelled_caught:
             raise AssertionError(
                 f"{SETTLE_SECONDS} s after the fuzz connection closed, the server still "
-                f"counts {server.connections} connections and {server.clients} clients "
+                f"counts {server.statistics().connections} connections and "
+                f"{server.clients} clients "
                 "(the well-behaved client only: 1 and 1)"
             )
 

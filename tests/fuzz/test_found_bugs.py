@@ -133,7 +133,7 @@ async def test_a_ping_after_an_oversized_message_is_no_error(
                 await stream.send_all(masked(0x1, b"hello") + masked(0x9, b"ping"))
                 while await stream.receive_some():
                     pass
-            await wait_until(lambda: server.connections == 0)
+            await wait_until(lambda: server.statistics().connections == 0)
     assert not errors(caplog)
 
 
@@ -157,5 +157,5 @@ async def test_a_frame_during_a_graceful_shutdown_is_no_error(
                 await stream.send_all(late)
                 while await stream.receive_some():
                     pass
-            await wait_until(lambda: server.connections == 0)
+            await wait_until(lambda: server.statistics().connections == 0)
     assert not errors(caplog)

@@ -1,8 +1,6 @@
-"""The Redis adapter: its pure parts alone, the rest against a real redis-server.
+"""The Redis adapter against a real redis-server (its pure parts: tests/test_redis_pure.py).
 
-* pure: entry IDs, a line and its entry, the backoff schedule, the cursor's
-  arithmetic for entries trimmed before they were read;
-* against the server: start-up errors, appending and reading, history,
+* start-up errors, appending and reading, history,
   resuming after ``CLIENT KILL`` without loss or duplicate, and the publisher
   holding its input while Redis is away.
 """
@@ -19,82 +17,16 @@ import trio
 from trio_broadcast import StartupError
 from trio_broadcast.redis_stream import (
     ORIGIN,
-    Backoff,
     Cursor,
-    EntryId,
     Follower,
     RedisStream,
     connect,
-    decode_entry,
-    encode_line,
     stream_key,
 )
 
 from .conftest import REDIS_SERVER, RedisServer
 
 coredis = pytest.importorskip("coredis", reason="the redis extra is not installed")
-
-
-# --- pure --------------------------------------------------------------------------------
-
-
-def test_entry_ids_parse_print_and_order_like_redis() -> None:
-    assert EntryId.parse(b"1700000000000-5") == EntryId(1700000000000, 5)
-    assert str(EntryId.parse("12-0")) == "12-0"
-    assert ORIGIN < EntryId(0, 1) < EntryId(1, 0) < EntryId(1, 10) < EntryId(2, 0)
-    for bad in ("", "12", "12-", "-1", "a-1", "1-2-3", "\u0661-1"):
-        with pytest.raises(ValueError, match="not a stream entry ID"):
-            EntryId.parse(bad)
-
-
-@pytest.mark.parametrize("line", ["hello", "", " spaced \r inside", "ünïcødé ✓", "\ufffd"])
-def test_a_line_survives_its_entry(line: str) -> None:
-    fields = encode_line(line)
-    assert decode_entry(dict(fields)) == line
-
-
-def test_entries_not_ours_are_recognised() -> None:
-    assert decode_entry({b"other": b"x"}) is None
-    assert decode_entry({"line": "as text"}) == "as text"
-    assert decode_entry({b"line": b"bad \xff utf-8"}) == "bad \ufffd utf-8"
-
-
-def test_backoff_grows_to_its_cap_with_jitter() -> None:
-    backoff = Backoff(first=0.1, cap=2.0, factor=2.0)
-    ceilings = [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
-    for attempt, ceiling in enumerate(ceilings):
-        assert backoff.delay(attempt, 0.0) == pytest.approx(ceiling / 2)
-        assert backoff.delay(attempt, 0.999) < ceiling
-        assert backoff.delay(attempt, 0.5) == pytest.approx(ceiling * 0.75)
-    assert backoff.delay(10_000, 0.999) < 2.0  # no overflow after a long outage
-    for bad in ({"first": 0.0}, {"first": 3.0, "cap": 2.0}, {"factor": 0.5}):
-        with pytest.raises(ValueError, match="bad backoff"):
-            Backoff(**bad)
-
-
-def test_cursor_counts_entries_trimmed_before_they_were_read() -> None:
-    cursor = Cursor(EntryId(5, 0), 10)  # delivered entries 1..10
-    gap = cursor.resync(entries_added=15, length=15)  # nothing trimmed
-    assert (gap.skipped, gap.reset, cursor.number) == (0, False, 10)
-    gap = cursor.resync(entries_added=30, length=25)  # 1..5 trimmed: all read already
-    assert (gap.skipped, gap.reset, cursor.number) == (0, False, 10)
-    gap = cursor.resync(entries_added=40, length=22)  # 1..18 trimmed: 11..18 never read
-    assert (gap.skipped, gap.reset, cursor.number) == (8, False, 18)
-    cursor.advance(EntryId(9, 0))
-    assert (cursor.last, cursor.number) == (EntryId(9, 0), 19)
-
-
-def test_cursor_notices_a_stream_that_started_again() -> None:
-    cursor = Cursor(EntryId(5, 0), 100)
-    gap = cursor.resync(entries_added=0, length=0)  # the key is gone
-    assert (gap.skipped, gap.reset, cursor.number) == (0, True, 0)
-    cursor = Cursor(EntryId(5, 0), 100)
-    gap = cursor.resync(entries_added=50, length=20)  # new, and already trimmed
-    assert (gap.skipped, gap.reset, cursor.number) == (30, True, 30)
-
-
-def test_the_stream_key_names_the_channel() -> None:
-    assert stream_key("news") == "trio-broadcast:news"
 
 
 # --- against redis-server -----------------------------------------------------------------

@@ -17,7 +17,7 @@ import trio
 # Each accepted connection is told "in", and closed once its client has spoken.
 SERVER = """
 import resource, sys, trio
-from trio_broadcast.accept import DescriptorReserve, accept_forever
+from trio_broadcast.listeners import DescriptorReserve, accept_forever
 
 async def handler(stream):
     async with stream:

@@ -1,6 +1,12 @@
-"""The accept loop, with a plan for running out of file descriptors.
+"""Listening sockets: opening them (TLS included), naming them, accepting on them.
 
-Every connection costs the process one file descriptor, and ``ulimit -n`` caps
+:func:`open_listeners` turns the settings into listening sockets, or a
+:class:`~trio_broadcast.errors.StartupError` that says in one line why it
+cannot (the port is taken, the certificate does not match its key, ...);
+:func:`url` names each one for the user.
+
+:func:`accept_forever` is the accept loop, with a plan for running out of file
+descriptors. Every connection costs the process one file descriptor, and ``ulimit -n`` caps
 them. When none is left, ``accept()`` fails with ``EMFILE`` (``ENFILE`` when
 the whole system is out) *without taking the connection off the listen queue*.
 ``trio.serve_listeners`` then logs a traceback and retries every 100 ms, so
@@ -23,20 +29,24 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import resource
+import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 import trio
 
+from .config import Config
+from .errors import StartupError
 from .handshake import http_response
 
 log = logging.getLogger("trio_broadcast")
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
-OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
-OUT_OF_MEMORY = (errno.ENOBUFS, errno.ENOMEM)
+NO_DESCRIPTOR = (errno.EMFILE, errno.ENFILE)
+"""``accept()`` found no file descriptor free, for the process or the system."""
+NO_MEMORY = (errno.ENOBUFS, errno.ENOMEM)
 """The kernel is short of memory for a new socket: wait a little and retry."""
 RETRY_DELAY = 0.1
 """Seconds to wait before accepting again after a shortage the reserve cannot help."""
@@ -46,6 +56,63 @@ REFUSAL = http_response(
     "the server is out of file descriptors; try again later\n",
     (("Retry-After", "1"),),
 )
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS context for ``config``'s certificate and key; ``None`` without them."""
+    if config.certfile is None or config.keyfile is None:
+        return None
+    # Open each file first: load_cert_chain's errors do not say which one failed.
+    for what, path in (("certificate", config.certfile), ("key", config.keyfile)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise StartupError(f"cannot read the TLS {what} {path!r}: {exc.strerror}") from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.certfile, config.keyfile)
+    except ssl.SSLError as exc:
+        raise StartupError(
+            f"cannot use the TLS certificate {config.certfile!r} with the key "
+            f"{config.keyfile!r}: {exc.reason or exc}"
+        ) from None
+    return context
+
+
+async def open_listeners(config: Config) -> list[trio.abc.Listener[trio.abc.Stream]]:
+    """One listener per address of ``config.host``, wrapped in TLS if configured.
+
+    Raises :class:`StartupError` with the reason when the server cannot listen.
+    """
+    context = ssl_context(config)
+    where = f"{config.host}:{config.port}"
+    try:
+        sockets = await trio.open_tcp_listeners(config.port, host=config.host)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve host {config.host!r}: {exc.strerror}") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = "address already in use (is another server running on that port?)"
+        elif exc.errno == errno.EACCES:
+            why = "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            why = "that address does not belong to this machine"
+        else:
+            why = exc.strerror or str(exc)
+        raise StartupError(f"cannot listen on {where}: {why}") from None
+    if context is None:
+        return list(sockets)
+    return [trio.SSLListener(s, context, https_compatible=True) for s in sockets]
+
+
+def url(listener: trio.abc.Listener[trio.abc.Stream]) -> str:
+    """The ``ws://`` or ``wss://`` URL that reaches ``listener``."""
+    tls = isinstance(listener, trio.SSLListener)
+    scheme = "wss" if tls else "ws"
+    host, port = _listening_socket(listener).getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}/"
 
 
 class DescriptorReserve:
@@ -97,11 +164,11 @@ async def accept_forever(
         try:
             stream = await listener.accept()
         except OSError as exc:
-            if exc.errno in OUT_OF_DESCRIPTORS and reserve.held:
+            if exc.errno in NO_DESCRIPTOR and reserve.held:
                 stream = await _accept_at_the_limit(listener, reserve, on_refused)
                 if stream is None:
                     continue
-            elif exc.errno in OUT_OF_DESCRIPTORS + OUT_OF_MEMORY:
+            elif exc.errno in NO_DESCRIPTOR + NO_MEMORY:
                 # No reserve to spend (another listener is spending it, or it
                 # was lost), or no memory: the connection waits in the listen
                 # queue a moment. The kernel has no event for "a descriptor
@@ -136,7 +203,7 @@ async def _accept_at_the_limit(
             with trio.move_on_after(RETRY_DELAY):
                 stream = await listener.accept()
         except OSError as exc:
-            if exc.errno not in OUT_OF_DESCRIPTORS + OUT_OF_MEMORY:
+            if exc.errno not in NO_DESCRIPTOR + NO_MEMORY:
                 raise
             # Another listener took the descriptor just released: try again later.
         finally:
@@ -177,8 +244,3 @@ def _refuse(stream: trio.abc.Stream) -> None:
             with suppress(OSError):
                 os.write(fd, REFUSAL)
         transport.socket.close()
-
-
-def descriptor_limit() -> int:
-    """The process's soft limit on open file descriptors (``ulimit -n``)."""
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -1,0 +1,239 @@
+"""One TCP connection, from its first byte to its close: answer it, refuse it, or serve it.
+
+:meth:`Connections.serve` runs once per accepted connection, in the server's
+nursery. It reads the request head (bounded in size and time), then either
+
+* answers a plain HTTP request (:class:`~trio_broadcast.web.Site`: the page,
+  ``/healthz``, ``/metrics``) and closes;
+* refuses an upgrade that :mod:`~trio_broadcast.access` turns down, or one
+  beyond ``max_clients``, with its HTTP status, counted and logged at most once
+  a second per reason;
+* or completes the WebSocket handshake on the connection's
+  :class:`~trio_broadcast.frame_stream.FrameStream` and hands over to
+  :func:`~trio_broadcast.client.serve_client`.
+
+A connected client holds one *client slot* (:meth:`Connections._client_slot`)
+from the moment its handshake is accepted until it is closed, and the
+``max_clients`` check and the taking of the slot happen with no checkpoint in
+between, so the limit is never overshot. Errors stay inside the connection: a
+peer that goes away costs a debug line, a bug a logged traceback, never the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_server_stream,
+)
+
+from .access import (
+    ACCEPTED,
+    OUT_OF_DESCRIPTORS,
+    TOO_MANY_CLIENTS,
+    Refusal,
+    RefusalThrottle,
+    check_handshake,
+)
+from .client import GOING_AWAY, Report, serve_client
+from .client_text import quote, redact
+from .config import Config
+from .counters import Counters
+from .fanout import Fanout
+from .frame_stream import FrameStream
+from .handshake import BadRequest, RequestHead, http_response, read_request_head, send_last
+from .protocol_errors import fix_close_handling
+from .shutdown import Shutdown
+from .web import Site
+
+log = logging.getLogger("trio_broadcast")
+
+# Errors that only mean the peer went away or misbehaved before or during the
+# handshake: worth a debug line, never a traceback.
+_DISCONNECTS = (
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    ConnectionClosed,
+    HandshakeError,
+)
+
+
+class Connections:
+    """Every connection of one server: how each is handled, and how many there are."""
+
+    def __init__(
+        self,
+        config: Config,
+        fanout: Fanout[bytes],
+        counters: Counters,
+        shutdown: Shutdown,
+        site: Site,
+    ) -> None:
+        self._config = config
+        self._fanout = fanout
+        self._counters = counters
+        self._shutdown = shutdown
+        self._site = site
+        self._refusals = RefusalThrottle()
+        self.open = 0
+        """Open TCP connections, including those still in the handshake."""
+        self.clients = 0
+        """Connected WebSocket clients (handshake done, not yet closed): slots taken."""
+
+    async def serve(self, stream: trio.abc.Stream) -> None:
+        """Handle one accepted connection until it is closed. Never raises."""
+        peer = peer_name(stream)
+        self.open += 1
+        try:
+            async with trio.open_nursery() as plumbing:  # trio-websocket's reader task
+                try:
+                    with ExitStack() as slot:
+                        accepted = await self._handshake(plumbing, stream, peer, slot)
+                        if accepted is not None:
+                            await self._serve_client(*accepted, peer)
+                finally:
+                    plumbing.cancel_scope.cancel()
+        except* _DISCONNECTS as group:
+            log.debug("connection from %s lost: %s", peer, quote(repr(group.exceptions[0])))
+        except* Exception:
+            log.exception("unexpected error on the connection from %s", peer)
+        finally:
+            self.open -= 1
+            await trio.aclose_forcefully(stream)
+
+    def refused_at_limit(self) -> None:
+        """Count and log a connection refused at accept for want of a file descriptor."""
+        self._counters.connections[OUT_OF_DESCRIPTORS] += 1
+        held_back = self._refusals.report(OUT_OF_DESCRIPTORS, trio.current_time())
+        if held_back is not None:
+            log.warning(
+                "out of file descriptors (ulimit -n %d, %d connections open): "
+                "refusing new connections with 503 until clients leave%s",
+                resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                self.open,
+                f" ({held_back} more refused since the last report)" if held_back else "",
+            )
+
+    @contextmanager
+    def _client_slot(self) -> Iterator[None]:
+        self.clients += 1
+        try:
+            yield
+        finally:
+            self.clients -= 1
+
+    async def _handshake(
+        self, plumbing: trio.Nursery, stream: trio.abc.Stream, peer: str, slot: ExitStack
+    ) -> tuple[WebSocketConnection, FrameStream] | None:
+        """Read the request head and answer it, within the handshake timeout.
+
+        Returns the accepted WebSocket connection, whose client slot is now
+        held by ``slot``, and the stream it was made on, which from then on is
+        the only writer to ``stream``; or ``None`` once a plain HTTP request or a
+        refusal has been answered, or the time ran out. A method of its own, so
+        that the request's objects are freed when it returns rather than kept
+        for the whole life of the connection.
+        """
+        config = self._config
+        handshake = trio.move_on_after(config.handshake_timeout)
+        with self._shutdown.cancels(handshake), handshake:
+            try:
+                head = await read_request_head(stream, config.max_request_head)
+            except BadRequest as exc:
+                log.debug("bad request from %s: %s", peer, quote(redact(str(exc))))
+                await send_last(stream, http_response(exc.status, f"{exc}\n"))
+                return None
+            if head is None:
+                return None
+            if not head.is_websocket:
+                response = self._site.respond(head)
+                await send_last(stream, response.encode(head_only=head.method == "HEAD"))
+                return None
+            refusal = self._refusal(head)
+            if refusal is not None:
+                await self._refuse(stream, peer, refusal)
+                return None
+            with ExitStack() as taken:
+                taken.enter_context(self._client_slot())
+                frames = FrameStream(stream, head.replay(), send_timeout=config.send_timeout)
+                request = await wrap_server_stream(
+                    plumbing, frames, max_message_size=config.max_message_size
+                )
+                # Before the 101, so that no frame of the client's is parsed without it.
+                fix_close_handling(request, max_message_size=config.max_message_size)
+                ws = await request.accept()
+                self._counters.connections[ACCEPTED] += 1
+                slot.enter_context(taken.pop_all())
+                return ws, frames
+        log.debug("handshake with %s did not complete in time", peer)
+        return None
+
+    def _refusal(self, head: RequestHead) -> Refusal | None:
+        refusal = check_handshake(head, self._config)
+        if refusal is not None:
+            return refusal
+        limit = self._config.max_clients
+        if limit is not None and self.clients >= limit:
+            return Refusal(
+                503,
+                TOO_MANY_CLIENTS,
+                f"too many clients (--max-clients {limit}), try again later",
+            )
+        return None
+
+    async def _refuse(self, stream: trio.abc.Stream, peer: str, refusal: Refusal) -> None:
+        """Answer a refused handshake; log it, at most once a second per reason."""
+        self._counters.connections[refusal.reason] += 1
+        held_back = self._refusals.report(refusal.reason, trio.current_time())
+        if held_back is not None:
+            more = (
+                f" ({held_back} more refused for this since the last report)" if held_back else ""
+            )
+            log.info("refused %s: %s%s", peer, quote(refusal.message), more)
+        await send_last(
+            stream, http_response(refusal.status, refusal.message + "\n", refusal.headers)
+        )
+
+    async def _serve_client(self, ws: WebSocketConnection, stream: FrameStream, peer: str) -> None:
+        log.info("client %s connected (%d clients)", peer, self.clients)
+        started = trio.current_time()
+        report = Report(GOING_AWAY, 0, 0)  # what a hard stop leaves us to say
+        try:
+            with self._shutdown.cancels(trio.CancelScope()) as stop:
+                report = await serve_client(
+                    ws,
+                    self._fanout,
+                    self._config,
+                    stop=stop,
+                    stream=stream,
+                    counters=self._counters,
+                )
+        finally:
+            log.info(
+                "client %s %s after %.1f s, %d messages sent%s",
+                peer,
+                quote(str(report.ending)),  # it holds the peer's close reason
+                trio.current_time() - started,
+                report.sent,
+                f", {report.dropped} dropped" if report.dropped else "",
+            )
+
+
+def peer_name(stream: trio.abc.Stream) -> str:
+    """The peer's address as ``host:port`` (``[host]:port`` for IPv6), for logs."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return repr(stream)
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "(disconnected)"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

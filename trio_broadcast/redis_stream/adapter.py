@@ -1,0 +1,189 @@
+"""The coredis adapter: the one module that talks to Redis, and the only one that imports coredis.
+
+``coredis`` is an optional dependency (``pip install 'trio-broadcast[redis]'``);
+it is imported only when :func:`connect` runs, so the rest of the package (and
+this module) imports without it. It is built on anyio and runs on Trio
+natively: its connection pool is a task group opened by ``async with``.
+
+:func:`connect` is start-up, where every failure is a one-line
+:class:`~trio_broadcast.errors.StartupError`; :class:`RedisStream` has one
+method per conversation with Redis, and leaves retrying to its callers
+(:func:`~trio_broadcast.redis_stream.retrying.retry`, with :func:`unreachable`
+as the errors worth a retry).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..errors import StartupError
+from .entries import Cursor, EntryId, decode_entry, encode_line, stream_key
+from .retrying import why
+
+if TYPE_CHECKING:
+    from coredis import Redis
+
+log = logging.getLogger("trio_broadcast")
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds for the start-up check (connect, authenticate, ``PING``), within the
+10 s a supervisor may wait for a failing start."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds an answer may take before the connection is considered dead."""
+INSTALL_HINT = "pip install 'trio-broadcast[redis]'"
+
+
+def unreachable() -> tuple[type[BaseException], ...]:
+    """What "Redis is unreachable or refused" looks like: worth a retry, never a crash."""
+    from coredis.exceptions import RedisError
+
+    return (RedisError, TimeoutError, OSError, trio.TooSlowError)
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    return re.sub(r"(//[^:@/]*:)[^@/]*@", r"\1***@", url)
+
+
+def _client(url: str, name: str) -> Redis[bytes]:
+    try:
+        import coredis
+        from coredis.retry import NoRetryPolicy
+    except ImportError:
+        raise StartupError(
+            f"--redis needs the coredis package, which is not installed: {INSTALL_HINT}"
+        ) from None
+    try:
+        return coredis.Redis.from_url(
+            url,
+            connect_timeout=CONNECT_TIMEOUT,
+            client_name=name,
+            # Retries (with backoff, and resuming where we left off) are ours.
+            retry_policy=NoRetryPolicy(),
+        )
+    except (ValueError, TypeError) as exc:
+        raise StartupError(f"bad Redis URL {shown_url(url)!r}: {exc}") from None
+
+
+@asynccontextmanager
+async def connect(
+    url: str, *, channel: str, maxlen: int, name: str | None = None
+) -> AsyncIterator[RedisStream]:
+    """Connect to Redis and check that the channel's key can be a stream.
+
+    Any failure here (a bad URL, a refused connection, an unknown host, bad
+    credentials, a key of another type) raises :class:`StartupError` with one
+    line saying which, within :data:`CONNECT_TIMEOUT`. ``name`` is the
+    connection's ``CLIENT SETNAME`` (default: ``trio-broadcast-<pid>``), so an
+    operator can tell the instances apart in ``CLIENT LIST``.
+    """
+    client = _client(url, name or f"trio-broadcast-{os.getpid()}")
+    from coredis.exceptions import AuthenticationError, AuthorizationError
+
+    key = stream_key(channel)
+    where = shown_url(url)
+    async with client:
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await client.ping()
+                kind = await client.type(key)
+        except (AuthenticationError, AuthorizationError) as exc:
+            raise StartupError(f"Redis at {where} refused the credentials: {exc}") from None
+        except unreachable() as exc:
+            raise StartupError(f"cannot use Redis at {where}: {why(exc)}") from None
+        if kind not in (None, b"none", b"stream"):
+            shown = kind.decode(errors="replace") if isinstance(kind, bytes) else kind
+            raise StartupError(f"Redis key {key!r} at {where} holds a {shown}, not a stream")
+        log.info("sharing channel %r through Redis at %s", channel, where)
+        yield RedisStream(client, key, maxlen)
+
+
+class RedisStream:
+    """One channel's stream: each method is one conversation with Redis.
+
+    Every method raises what coredis raises when Redis is unreachable (see
+    :func:`unreachable`); retrying is the caller's business.
+    """
+
+    def __init__(self, client: Redis[bytes], key: str, maxlen: int) -> None:
+        self.client = client
+        self.key = key
+        self.maxlen = maxlen
+
+    async def append(self, lines: Sequence[str]) -> EntryId:
+        """Append one entry per line, all or none (``MULTI``/``EXEC``); the last ID."""
+        from coredis import PureToken
+
+        with trio.fail_after(REQUEST_TIMEOUT):
+            async with self.client.pipeline(transaction=True) as pipe:
+                for line in lines:
+                    pipe.xadd(
+                        self.key,
+                        encode_line(line),
+                        trim_strategy=PureToken.MAXLEN,
+                        trim_operator=PureToken.APPROXIMATELY,
+                        threshold=self.maxlen,
+                    )
+        results = pipe.results
+        assert results, "an empty append"
+        return EntryId.parse(results[-1])
+
+    async def counters(self) -> tuple[int, int]:
+        """``(entries-added, length)`` of the stream; ``(0, 0)`` if it does not exist."""
+        info = await self._info()
+        return (0, 0) if info is None else (info[0], info[1])
+
+    async def latest(self, count: int) -> tuple[Cursor, list[str]]:
+        """A reader's starting point: the stream's end, and its last ``count`` lines."""
+        info = await self._info()
+        if info is None:
+            return Cursor(), []
+        added, _length, last = info
+        lines: list[str] = []
+        if count:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                entries = await self.client.xrevrange(self.key, end=str(last), count=count)
+            for entry in reversed(entries):
+                line = decode_entry(entry.field_values)
+                if line is not None:
+                    lines.append(line)
+        return Cursor(last, added), lines
+
+    async def read(
+        self, after: EntryId, count: int, block_ms: int
+    ) -> list[tuple[EntryId, str | None]]:
+        """Up to ``count`` entries after ``after``, waiting up to ``block_ms`` for one."""
+        with trio.fail_after(block_ms / 1000 + REQUEST_TIMEOUT):
+            reply = await self.client.xread({self.key: str(after)}, count=count, block=block_ms)
+        if not reply:
+            return []
+        entries = reply.get(self.key.encode(), ())
+        return [
+            (EntryId.parse(entry.identifier), decode_entry(entry.field_values))
+            for entry in entries
+        ]
+
+    async def _info(self) -> tuple[int, int, EntryId] | None:
+        from coredis.exceptions import ResponseError
+
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                info = await self.client.xinfo_stream(self.key)
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return None
+            raise
+        return info["entries-added"], info["length"], EntryId.parse(info["last-generated-id"])
+
+
+def where(stream: RedisStream) -> str:
+    """The server ``stream`` talks to, as coredis names it, for log lines."""
+    location = stream.client.connection_pool.location
+    return str(location) if location is not None else "?"

@@ -1,0 +1,112 @@
+"""A line as a stream entry, and where a reader is in the stream: pure, no I/O.
+
+Tested without Redis (``tests/test_redis_pure.py``): :class:`EntryId` (stream
+ID arithmetic), :func:`encode_line` and :func:`decode_entry` (a line and its
+entry), and :class:`Cursor` (where a reader is, and how many entries were
+trimmed away before it read them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+KEY_PREFIX = "trio-broadcast:"
+"""A channel's stream lives at ``trio-broadcast:<channel>``."""
+FIELD = b"line"
+"""The one field of an entry: the line, UTF-8 encoded."""
+
+
+def stream_key(channel: str) -> str:
+    """The Redis key of the stream for ``channel``."""
+    return KEY_PREFIX + channel
+
+
+_ENTRY_ID = re.compile(r"([0-9]+)-([0-9]+)")
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class EntryId:
+    """A stream entry ID, ``<milliseconds>-<sequence>``, ordered as Redis orders them."""
+
+    ms: int
+    seq: int
+
+    @classmethod
+    def parse(cls, raw: str | bytes) -> EntryId:
+        text = raw.decode("ascii", errors="replace") if isinstance(raw, bytes) else raw
+        match = _ENTRY_ID.fullmatch(text)
+        if match is None:
+            raise ValueError(f"not a stream entry ID: {text!r}")
+        return cls(int(match[1]), int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.ms}-{self.seq}"
+
+
+ORIGIN = EntryId(0, 0)
+"""Before every entry: reading after it reads the whole stream."""
+
+
+def encode_line(line: str) -> dict[bytes, bytes]:
+    """The fields of the entry that carries ``line``."""
+    return {FIELD: line.encode("utf-8", errors="surrogateescape")}
+
+
+def decode_entry(fields: Mapping[Any, str | bytes]) -> str | None:
+    """The line an entry carries, or ``None`` if it is not one of ours.
+
+    Field names and values are bytes, or text when a client decodes replies.
+
+    Bytes that are not UTF-8 (an entry written by another program) become
+    U+FFFD, as on standard input.
+    """
+    for name, value in fields.items():
+        raw_name = name.encode() if isinstance(name, str) else name
+        if raw_name == FIELD:
+            raw = value.encode() if isinstance(value, str) else value
+            return raw.decode("utf-8", errors="replace")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """What :meth:`Cursor.resync` found."""
+
+    skipped: int
+    """Entries trimmed from the stream before this reader read them."""
+    reset: bool
+    """The stream is younger than the reader's position: it was deleted and started
+    again (a Redis restart without persistence, say)."""
+
+
+@dataclass(slots=True)
+class Cursor:
+    """Where a reader is: the last entry it delivered, and that entry's number.
+
+    Entries are numbered from 1 in the order they were added, which is what
+    Redis counts in ``XINFO STREAM``'s ``entries-added``. Trimming with
+    ``MAXLEN`` removes the oldest entries, so ``entries-added - length`` entries
+    are gone, the first ones; if that is more than :attr:`number`, some were
+    trimmed before this reader got to them.
+    """
+
+    last: EntryId = ORIGIN
+    number: int = 0
+
+    def advance(self, entry: EntryId) -> None:
+        """The entry after :attr:`last` has been delivered."""
+        self.last = entry
+        self.number += 1
+
+    def resync(self, entries_added: int, length: int) -> Gap:
+        """Compare with the stream's counters (0, 0 when it does not exist); move past a gap."""
+        trimmed = entries_added - length
+        if entries_added < self.number:
+            self.number = trimmed
+            return Gap(trimmed, reset=True)
+        skipped = max(0, trimmed - self.number)
+        self.number += skipped
+        return Gap(skipped, reset=False)
