@@ -1631,3 +1631,26 @@ async def test_stdin_and_stderr_on_the_same_pseudo_terminal() -> None:
         await trio.aclose_forcefully(terminal)
         os.close(slave)
         os.close(master)
+
+
+async def test_a_refused_message_still_gets_its_close_frame_while_the_client_sends() -> None:
+    """1009 while the rest of the message is still coming: the close frame, then EOF.
+
+    Many clients (the ``websockets`` library among them) finish sending a
+    message before they read again. The server refuses it long before its
+    end; if it then closed at once, with the client's bytes unread, the
+    client would get a reset and lose the close frame. It reads and discards
+    what the client still sends (bounded) first.
+    """
+    with trio.fail_after(15):
+        async with running_command("--max-message-size", "100000") as process:
+            client = await RawClient.handshake(url_port(process.url))
+            try:
+                size = 3_000_000  # more than the socket buffers of both ends hold
+                header = bytes([0x82, 0xFF]) + size.to_bytes(8, "big") + b"\0\0\0\0"
+                await client.stream.send_all(header + b"\0" * size)
+                frames = await client.read_until_gone()
+            finally:
+                await client.aclose()
+            assert [frame.opcode for frame in frames] == [CLOSE], frames
+            assert frames[0].close_code == 1009

@@ -143,6 +143,9 @@ async def _run_writers(actions: list[tuple[str, int]], close: bool) -> None:  # 
             if close:
                 await stream.send_all(control_frame(CLOSE, struct.pack("!H", 1000)))
             else:
+                # Control frames go in order: once this one is out, all are.
+                control.append(b"last")
+                await stream.send_all(control_frame(PING, control[-1]))
                 await stream.write()
             await ours.aclose()
     assert peer.parser.incomplete == 0

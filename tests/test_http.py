@@ -26,7 +26,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_broadcast import Config, Server, handshake, read_lines, serve
+from trio_broadcast import Config, Server, frame_stream, handshake, read_lines, serve
 from trio_broadcast.counters import Counters
 
 from .conftest import LineFeed, running_server, wait_until, ws_client
@@ -340,7 +340,7 @@ async def test_the_reading_before_closing_is_bounded_in_time() -> None:
 async def test_the_reading_before_closing_is_bounded_in_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(handshake, "LINGER_SECONDS", 60.0)
+    monkeypatch.setattr(frame_stream, "LINGER_SECONDS", 60.0)
     sent = 0
     with trio.fail_after(10):
         async with running_server(token=TOKEN) as server:

@@ -263,5 +263,5 @@ async def serve_client(
             if not dropping:
                 await ws.aclose(ending.code, ending.reason)
         if dropping or closing.cancelled_caught or stream.broken:
-            await trio.aclose_forcefully(stream)
+            await stream.abort()
     return Report(ending, sender.sent, subscription.dropped)

@@ -91,13 +91,15 @@ class Connections:
         """Handle one accepted connection until it is closed. Never raises."""
         peer = peer_name(stream)
         self.open += 1
+        frames: FrameStream | None = None
         try:
             async with trio.open_nursery() as plumbing:  # trio-websocket's reader task
                 try:
                     with ExitStack() as slot:
                         accepted = await self._handshake(plumbing, stream, peer, slot)
                         if accepted is not None:
-                            await self._serve_client(*accepted, peer)
+                            ws, frames = accepted
+                            await self._serve_client(ws, frames, peer)
                 finally:
                     plumbing.cancel_scope.cancel()
         except* _DISCONNECTS as group:
@@ -106,6 +108,8 @@ class Connections:
             log.exception("unexpected error on the connection from %s", peer)
         finally:
             self.open -= 1
+            if frames is not None:  # the reader is gone: the client's last bytes are ours
+                await frames.close()
             await trio.aclose_forcefully(stream)
 
     def refused_at_limit(self) -> None:

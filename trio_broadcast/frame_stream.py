@@ -51,6 +51,7 @@ The receiving side first hands back the bytes already read by the HTTP parser
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -61,6 +62,35 @@ from .write_order import WriteOrder
 
 TLS_WRITE_SIZE = 64 * 1024
 """Bytes of whole frames joined for one TLS ``send_all``: at most this, or one frame."""
+
+
+LINGER_SECONDS = 1.0
+"""How long a closing connection reads what the client still sends, at most."""
+LINGER_BYTES = 16 * 1024 * 1024
+"""How much of it, at most, after a close frame: the rest of a refused message,
+which a client may send whole before it reads again (a second at loopback speed)."""
+
+
+async def linger(stream: trio.abc.Stream, max_bytes: int) -> None:
+    """Half-close ``stream``, then read and discard what the peer still sends, bounded.
+
+    A TCP socket closed with received bytes still unread sends a reset
+    instead of a close, and a peer that gets the reset may lose what was sent
+    just before it: an HTTP answer, a close frame. So, as RFC 9112 9.6 asks,
+    close in two steps: the peer reads what was sent, then the end of the
+    stream; meanwhile read what it still sends until it closes, at most
+    ``max_bytes`` for at most :data:`LINGER_SECONDS`. The caller closes the
+    stream afterwards. (TLS has no half-close: then only the reading.)
+    """
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()
+    left = max_bytes
+    with trio.move_on_after(LINGER_SECONDS):
+        while left > 0:
+            data = await stream.receive_some(min(left, 65536))
+            if not data:
+                return
+            left -= len(data)
 
 
 class WriteTimeout(trio.BrokenResourceError):
@@ -214,9 +244,41 @@ class FrameStream(trio.abc.Stream):
         return self._finish_by
 
     async def aclose(self) -> None:
+        """trio-websocket's close: nothing more is written, and the peer gets the end of
+        the stream; the socket itself stays open for its owner to :meth:`close`.
+
+        Closing a socket at once, with bytes from the client still unread, sends
+        a reset, and a client that is still sending (the rest of a message
+        refused with 1009: many clients finish sending before they read again)
+        could lose the close frame with it. The owner, once everything that
+        reads is gone, lets it drain first (:meth:`close`).
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
         self._closed = True
         self._progress.unpark_all()
-        await self.transport.aclose()
+        if not self.broken and isinstance(self.transport, trio.abc.HalfCloseableStream):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.transport.send_eof()
+
+    async def close(self) -> None:
+        """The owner's close, once nothing else reads: after a close frame was sent,
+        read and discard what the client still sends (:func:`linger`, bounded),
+        then close the socket."""
+        self._closed = True
+        try:
+            if self._order.closing and not self.broken:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await linger(self.transport, LINGER_BYTES)
+        finally:
+            await trio.aclose_forcefully(self.transport)
+
+    async def abort(self) -> None:
+        """Drop the connection now: no close frame, no waiting for the peer."""
+        self._closed = self.broken = True
+        self._progress.unpark_all()
+        await trio.aclose_forcefully(self.transport)
 
     def _unusable(self, *, data: bool) -> str | None:
         """Why nothing (``data``: no data frame) may be written now, or ``None``."""

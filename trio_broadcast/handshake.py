@@ -27,6 +27,7 @@ import h11
 import trio
 
 from .client_text import SHOWN, shown
+from .frame_stream import linger
 
 RECEIVE_SIZE = 4096
 VERSION = "13"
@@ -224,30 +225,17 @@ def http_response(status: int, body: str, headers: tuple[tuple[str, str], ...] =
 
 
 LINGER_BYTES = 64 * 1024
-"""At most this many bytes are read and discarded after the last response..."""
-LINGER_SECONDS = 1.0
-"""...for at most this long, before the connection is closed anyway."""
+"""At most this many bytes are read and discarded after the last response."""
 
 
 async def send_last(stream: trio.abc.Stream, response: bytes) -> None:
     """Send the last response on a connection, and let the client read it before it closes.
 
-    A TCP socket closed with received bytes still unread (the rest of a body,
-    of a request head too large to read) sends a reset instead of a close, and
-    a client that gets the reset may lose the response with it. So, as RFC
-    9112 9.6 asks, this closes in two steps: it half-closes (the client reads
-    the response, then the end of the stream), then reads and discards what
-    the client still sends until it closes, at most :data:`LINGER_BYTES` for at
-    most :data:`LINGER_SECONDS`. The caller closes the stream afterwards. (TLS
-    has no half-close: then only the reading.)
+    A client that is still sending (the rest of a body, of a request head too
+    large to read) would get a reset and could lose the response:
+    :func:`~trio_broadcast.frame_stream.linger` closes in two steps instead,
+    reading and discarding at most :data:`LINGER_BYTES`. The caller closes the
+    stream afterwards.
     """
     await stream.send_all(response)
-    if isinstance(stream, trio.abc.HalfCloseableStream):
-        await stream.send_eof()
-    left = LINGER_BYTES
-    with trio.move_on_after(LINGER_SECONDS):
-        while left > 0:
-            data = await stream.receive_some(min(left, RECEIVE_SIZE))
-            if not data:
-                return
-            left -= len(data)
+    await linger(stream, LINGER_BYTES)
