@@ -113,8 +113,9 @@ class _Sender:
         written = self._stream.offer(frames)
         if written is None:
             return frames
-        self.sent += len(frames)
-        self._counters.count_frames(len(frames), sum(map(len, frames)))
+        count = len(frames)
+        self.sent += count
+        self._counters.count_frames(count, len(frames[0]) if count == 1 else sum(map(len, frames)))
         return () if written else (_WAKE,)
 
     async def send_frames(self, frames: list[bytes]) -> None:

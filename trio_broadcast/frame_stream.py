@@ -106,12 +106,12 @@ class FrameStream(trio.abc.Stream):
 
     __slots__ = (
         "_closed",
+        "_fd",
         "_finish_by",
         "_order",
         "_progress",
         "_replay",
         "_send_timeout",
-        "_socket",
         "_tls_write",
         "_writing",
         "broken",
@@ -124,7 +124,11 @@ class FrameStream(trio.abc.Stream):
     ) -> None:
         self.transport = transport
         self._replay = already_read
-        self._socket = transport.socket if isinstance(transport, trio.SocketStream) else None
+        # The socket's number, on a plain TCP socket (-1 over TLS). Kept, not asked
+        # for each time: the transport is closed only through this object
+        # (close, abort), which first marks it closed, so the number is never
+        # written to once it may belong to another socket.
+        self._fd = transport.socket.fileno() if isinstance(transport, trio.SocketStream) else -1
         self._send_timeout = send_timeout
         self._order = WriteOrder()
         self._writing = False
@@ -166,22 +170,20 @@ class FrameStream(trio.abc.Stream):
         need be. Nothing is counted when all is written at once: the counts
         are for writers that wait.
         """
+        order = self._order
         if (
             self._writing
-            or self._socket is None
-            or self._order.pending
+            or self._fd < 0
+            or order.data_in != order.data_out  # anything pending
+            or order.control_in != order.control_out
             or self.broken
             or self._closed
-            or self._order.closing
+            or order.closing
         ):
-            return None
-        fd = self._socket.fileno()
-        if fd < 0:  # closed under us: the number may already belong to another socket
-            self._closed = True
             return None
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         try:
-            written = os.write(fd, data)
+            written = os.write(self._fd, data)
         except BlockingIOError:
             written = 0
         except OSError:
@@ -323,13 +325,13 @@ class FrameStream(trio.abc.Stream):
             # Another task may have broken or closed the stream, or handed over a
             # close frame, after which this writer's data will never go out.
             self._raise_if_unusable(data=data)
-            if self._socket is None:
+            if self._fd < 0:
                 await trio.lowlevel.checkpoint_if_cancelled()  # nothing is cut: see _send_tls
                 progress = await self._send_tls(deadline)
             else:
                 progress = self._write_nowait()
                 if not progress:
-                    await trio.lowlevel.wait_writable(self._socket)
+                    await trio.lowlevel.wait_writable(self._fd)
             if progress and len(self._progress):
                 self._progress.unpark_all()  # those whose frames are out may go on
 
@@ -341,14 +343,12 @@ class FrameStream(trio.abc.Stream):
 
     def _write_nowait(self) -> bool:
         """One non-blocking ``writev``; whether it wrote anything."""
-        assert self._socket is not None
+        assert self._fd >= 0
+        if self._closed:  # the number may already belong to another socket
+            raise trio.ClosedResourceError("the stream is closed")
         frames, control = self._next_frames()
-        fd = self._socket.fileno()
-        if fd < 0:  # closed under us: the number may already belong to another socket
-            self._closed = True
-            raise trio.ClosedResourceError("the socket was closed")
         try:
-            written = os.writev(fd, frames)
+            written = os.writev(self._fd, frames)
         except BlockingIOError:
             return False
         except OSError as exc:
