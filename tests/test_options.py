@@ -125,3 +125,17 @@ def test_a_setting_names_itself_in_its_check() -> None:
         Config(on_full="drop")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^log_level must be one of"):
         CommandSettings(log_level="loud")
+
+
+def test_a_bad_option_is_reported_before_a_missing_token_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 2 for the option, as before, not 1 for the token file."""
+    missing = str(tmp_path / "missing")
+    for argv in (["--certfile", "c.pem"], ["--queue-size", "0"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*argv, "--token-file", missing])
+        assert exited.value.code == 2
+        assert "token file" not in capsys.readouterr().err
+    assert main(["--token-file", missing]) == 1
+    assert "cannot read the token file" in capsys.readouterr().err
