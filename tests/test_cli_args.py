@@ -22,7 +22,8 @@ import pytest
 
 from trio_broadcast import __version__
 from trio_broadcast.cli import PROG, build_parser, config_from_args, main
-from trio_broadcast.config import Config, MiB, OnFull
+from trio_broadcast.config import Config, MiB, OnFull, RedisSettings
+from trio_broadcast.options import settings_from
 
 DEFAULTS: dict[str, Any] = {
     "host": "0.0.0.0",
@@ -124,16 +125,6 @@ def test_config_default_tls_off_and_frozen() -> None:
         ("host", "", ValueError),
         ("on_full", "drop", TypeError),
         ("on_full", None, TypeError),
-        ("redis_url", "http://localhost", ValueError),
-        ("redis_url", "redis://", ValueError),
-        ("redis_url", "redis://host:port/0", ValueError),
-        ("redis_url", "redis://host/db0", ValueError),
-        ("redis_url", "unix://", ValueError),
-        ("redis_url", 6379, TypeError),
-        ("channel", "", ValueError),
-        ("channel", "two words", ValueError),
-        ("redis_maxlen", 0, ValueError),
-        ("redis_buffer", 0, ValueError),
     ],
 )
 def test_config_rejects_bad_value_naming_it(
@@ -144,6 +135,37 @@ def test_config_rejects_bad_value_naming_it(
         Config(**settings)
     assert type(raised.value) is error
     assert name in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("url", "http://localhost", ValueError),
+        ("url", "redis://", ValueError),
+        ("url", "redis://host:port/0", ValueError),
+        ("url", "redis://host/db0", ValueError),
+        ("url", "unix://", ValueError),
+        ("url", 6379, TypeError),
+        ("channel", "", ValueError),
+        ("channel", "two words", ValueError),
+        ("maxlen", 0, ValueError),
+        ("buffer", 0, ValueError),
+    ],
+)
+def test_redis_settings_reject_bad_value_naming_it(
+    name: str, value: object, error: type[Exception]
+) -> None:
+    settings: dict[str, Any] = {name: value}
+    with pytest.raises(error) as raised:
+        RedisSettings(**settings)
+    assert type(raised.value) is error
+    assert name in str(raised.value)
+
+
+def test_redis_settings_defaults() -> None:
+    assert RedisSettings() == RedisSettings(
+        url=None, channel="trio-broadcast", maxlen=100_000, buffer=256
+    )
 
 
 @pytest.mark.parametrize(
@@ -235,11 +257,8 @@ def test_no_options_give_the_documented_defaults() -> None:
         ),
         (["--host=10.0.0.1"], {"host": "10.0.0.1"}),
         (["--port=1234"], {"port": 1234}),
-        (["--redis", "redis://localhost:6379/0"], {"redis_url": "redis://localhost:6379/0"}),
-        (["--redis", "unix:///run/redis.sock"], {"redis_url": "unix:///run/redis.sock"}),
-        (["--channel", "news"], {"channel": "news"}),
-        (["--redis-maxlen", "10"], {"redis_maxlen": 10}),
         (["--no-stdin"], {}),
+        (["--redis", "redis://localhost:6379/0"], {}),
     ],
 )
 def test_option_maps_to_config_field(argv: list[str], changes: dict[str, Any]) -> None:
@@ -248,6 +267,23 @@ def test_option_maps_to_config_field(argv: list[str], changes: dict[str, Any]) -
     assert config == Config(**changes)
     for name, expected in changes.items():
         assert type(getattr(config, name)) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("argv", "changes"),
+    [
+        (["--redis", "redis://localhost:6379/0"], {"url": "redis://localhost:6379/0"}),
+        (["--redis", "unix:///run/redis.sock"], {"url": "unix:///run/redis.sock"}),
+        (["--channel", "news"], {"channel": "news"}),
+        (["--redis-maxlen", "10"], {"maxlen": 10}),
+        (["--no-stdin"], {}),
+        (["--host", "::1"], {}),
+    ],
+)
+def test_option_maps_to_redis_settings_field(argv: list[str], changes: dict[str, Any]) -> None:
+    parser = build_parser()
+    redis = settings_from(parser.parse_args(argv), RedisSettings)
+    assert redis == RedisSettings(**changes)
 
 
 def test_all_options_together() -> None:

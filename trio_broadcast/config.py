@@ -1,21 +1,44 @@
-"""The server's settings: one frozen value, checked once, shared by every task.
+"""The settings: frozen values, each field declared once, checked on construction.
 
-Every limit the server enforces lives here, so that a reader can see in one place
-what bounds memory and time. :class:`Config` validates itself on construction: an
-impossible value fails at start-up with a message naming the setting, never later
-inside a client task.
+Every limit the server enforces lives in :class:`Config`, so that a reader can
+see in one place what bounds memory and time; :class:`RedisSettings` says where
+the command shares its feed. Each field is declared with :func:`~trio_broadcast.setting.setting`:
+its default, its check and, when the command sets it, its option and help. An
+impossible value fails at start-up with a message naming the setting, never
+later inside a client task.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-MiB = 1024 * 1024
+from .setting import (
+    Count,
+    Many,
+    Member,
+    MiB,
+    Option,
+    Seconds,
+    SettingError,
+    Switch,
+    Text,
+    check_fields,
+    setting,
+)
+
+__all__ = [
+    "Config",
+    "MiB",
+    "OnFull",
+    "RedisSettings",
+    "SettingError",
+    "is_ip_address",
+    "split_host",
+]
 
 
 class OnFull(enum.Enum):
@@ -28,145 +51,32 @@ class OnFull(enum.Enum):
     """Skip the message for that client only, and count the loss."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class Config:
-    """Everything :func:`trio_broadcast.serve` needs to know.
-
-    The defaults are those of the ``trio-broadcast`` command. All sizes are in
-    bytes and all durations in seconds.
-    """
-
-    host: str = "0.0.0.0"
-    """Address or name to bind; an IPv6 literal such as ``::1`` works too."""
-    port: int = 8000
-    """TCP port; 0 asks the kernel for a free one."""
-    queue_size: int = 16
-    """Broadcast messages a client may fall behind before :attr:`on_full` applies."""
-    on_full: OnFull = OnFull.DISCONNECT
-    history: int = 0
-    """A new client first receives this many of the latest lines."""
-    max_clients: int | None = None
-    """Beyond this many connected clients, handshakes are refused with HTTP 503."""
-    max_message_size: int = MiB
-    """A larger incoming message closes the connection with code 1009."""
-    max_line_size: int = MiB
-    """A longer standard-input line is skipped (with a warning), never buffered whole."""
-    ping_interval: float = 20.0
-    """Seconds between keep-alive pings; a peer silent until the next ping is dropped. 0: off."""
-    echo: bool = True
-    """Send each client's messages back to it."""
-    exit_on_eof: bool = False
-    """At the end of standard input, deliver what was read, close every client, stop."""
-    certfile: str | None = None
-    keyfile: str | None = None
-    handshake_timeout: float = 10.0
-    """A connection must complete TLS and the WebSocket handshake within this time."""
-    send_timeout: float = 10.0
-    """A single frame that cannot be written within this time aborts the connection."""
-    close_timeout: float = 1.5
-    """Budget for closing one connection: finishing a frame being written, writing
-    the close frame and waiting for the client's; past it the TCP connection is
-    dropped. A client that reads what was already sent within it gets its close
-    code (under full load, a second of buffered frames is not unusual)."""
-    max_request_head: int = 16 * 1024
-    """Largest HTTP request head (request line and headers) accepted."""
-    redis_url: str | None = None
-    """Share the feed through this Redis server (``redis://``, ``rediss://`` or
-    ``unix://``); ``None``: this instance stands alone. See :mod:`trio_broadcast.redis_stream`."""
-    channel: str = "trio-broadcast"
-    """Name of the feed in Redis; instances with the same channel share their lines."""
-    redis_maxlen: int = 100_000
-    """Lines the Redis stream keeps (approximately, ``MAXLEN ~``); a reader that falls
-    further behind than this skips the oldest, and says so."""
-    redis_buffer: int = 256
-    """Batches of input held while Redis is unreachable; beyond it, input is not read."""
-    allowed_origins: tuple[str, ...] = ()
-    """Origins (``scheme://host[:port]``) allowed to open a WebSocket; empty: any.
-    When not empty, the server's own origin is allowed too, if its host is one
-    that DNS cannot point elsewhere: see :attr:`allowed_hosts`."""
-    allowed_hosts: tuple[str, ...] = ()
-    """Host names (``name`` or ``name:port``) by which clients reach the server, on
-    top of those always trusted: an IP address, ``localhost`` and :attr:`host`.
-    When not empty, a request whose ``Host`` is none of those gets 403. With
-    :attr:`allowed_origins`, given or not, a page is the server's own only if its
-    host is one of those (a name that DNS rebinding cannot point elsewhere)."""
-    require_origin: bool = False
-    """Refuse handshakes without an Origin header (that is, from non-browser clients)."""
-    token: str | None = field(default=None, repr=False)
-    """Secret that handshakes, the page and ``/metrics`` must present; never logged."""
-    page: bool = True
-    """Serve the live page at ``/``."""
-
-    def __post_init__(self) -> None:
-        _at_least("port", self.port, 0)
-        if self.port > 65535:
-            raise ValueError(f"port must be at most 65535, not {self.port}")
-        _at_least("queue_size", self.queue_size, 1)
-        _at_least("history", self.history, 0)
-        if self.max_clients is not None:
-            _at_least("max_clients", self.max_clients, 1)
-        _at_least("max_message_size", self.max_message_size, 1)
-        _at_least("max_line_size", self.max_line_size, 1)
-        _at_least("max_request_head", self.max_request_head, 256)
-        _finite_at_least("ping_interval", self.ping_interval, 0.0)
-        for name in ("handshake_timeout", "send_timeout", "close_timeout"):
-            _positive(name, getattr(self, name))
-        if not self.host:
-            raise ValueError("host must not be empty")
-        if (self.certfile is None) != (self.keyfile is None):
-            raise ValueError("certfile and keyfile must be given together")
-        if not isinstance(self.on_full, OnFull):
-            raise TypeError(f"on_full must be an OnFull, not {self.on_full!r}")
-        if self.redis_url is not None:
-            _redis_url(self.redis_url)
-        if not self.channel or not self.channel.isprintable() or " " in self.channel:
-            raise ValueError(f"channel must be printable, without spaces, not {self.channel!r}")
-        _at_least("redis_maxlen", self.redis_maxlen, 1)
-        _at_least("redis_buffer", self.redis_buffer, 1)
-        for origin in self.allowed_origins:
-            _origin(origin)
-        for host in self.allowed_hosts:
-            _allowed_host(host)
-        if self.token is not None and not _TOKEN.fullmatch(self.token):
-            raise ValueError("token must be 1 or more printable ASCII characters without spaces")
-
-    @property
-    def tls(self) -> bool:
-        """Whether the server speaks ``wss://``."""
-        return self.certfile is not None
-
-
-def _at_least(name: str, value: int, lowest: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value < lowest:
-        raise ValueError(f"{name} must be at least {lowest}, not {value}")
-
+# The rules below return the problem with a value, or None; see setting.Text.
 
 _TOKEN = re.compile(r"[!-~]+")
 
 
-def _origin(origin: str) -> None:
-    if not isinstance(origin, str):
-        raise TypeError(f"allowed origins must be strings, not {origin!r}")
+def _token(token: str) -> str | None:
+    if _TOKEN.fullmatch(token):
+        return None
+    return "must be 1 or more printable ASCII characters without spaces"
+
+
+def _origin(origin: str) -> str | None:
     parts = urlsplit(origin)
     if (
-        parts.scheme not in ("http", "https")
-        or not parts.netloc
-        or origin != (f"{parts.scheme}://{parts.netloc}")
+        parts.scheme in ("http", "https")
+        and parts.netloc
+        and origin == f"{parts.scheme}://{parts.netloc}"
     ):
-        raise ValueError(
-            f"allowed origin {origin!r} must look like https://example.com or http://host:port"
-        )
+        return None
+    return f"{origin!r} must look like https://example.com or http://host:port"
 
 
-def _allowed_host(host: str) -> None:
-    if not isinstance(host, str):
-        raise TypeError(f"allowed hosts must be strings, not {host!r}")
-    if split_host(host) is None:
-        raise ValueError(
-            f"allowed host {host!r} must look like example.com, example.com:8000 or [::1]:8000"
-        )
+def _allowed_host(host: str) -> str | None:
+    if split_host(host) is not None:
+        return None
+    return f"{host!r} must look like example.com, example.com:8000 or [::1]:8000"
 
 
 _NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
@@ -207,43 +117,267 @@ def is_ip_address(host: str) -> bool:
     return True
 
 
-def _number(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, not {value!r}")
-
-
-def _finite_at_least(name: str, value: float, lowest: float) -> None:
-    _number(name, value)
-    if not math.isfinite(value) or value < lowest:
-        raise ValueError(f"{name} must be a finite number of at least {lowest:g}, not {value}")
-
-
-def _positive(name: str, value: float) -> None:
-    _number(name, value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number above 0, not {value}")
+def _channel(channel: str) -> str | None:
+    if channel and channel.isprintable() and " " not in channel:
+        return None
+    return f"must be printable, without spaces, not {channel!r}"
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
-def _redis_url(url: str) -> None:
-    """Check the shape of a Redis URL; whether the server answers is checked at start-up."""
-    if not isinstance(url, str):
-        raise TypeError(f"redis_url must be a string, not {url!r}")
+def _redis_url(url: str) -> str | None:
+    """The shape of a Redis URL; whether the server answers is checked at start-up."""
     parts = urlsplit(url)
     if parts.scheme not in REDIS_SCHEMES:
-        raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, not {url!r}")
+        return f"must start with redis://, rediss:// or unix://, not {url!r}"
     if parts.scheme == "unix":
-        if not parts.path:
-            raise ValueError(f"redis_url {url!r} names no socket path")
-        return
+        return None if parts.path else f"{url!r} names no socket path"
     if not parts.hostname:
-        raise ValueError(f"redis_url {url!r} names no host")
+        return f"{url!r} names no host"
     try:
         parts.port  # noqa: B018 - the property raises for a bad port
     except ValueError:
-        raise ValueError(f"redis_url {url!r} has a bad port") from None
+        return f"{url!r} has a bad port"
     database = parts.path.strip("/")
     if database and not (database.isascii() and database.isdigit()):
-        raise ValueError(f"redis_url {url!r}: the path must be a database number")
+        return f"{url!r}: the path must be a database number"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything :func:`trio_broadcast.serve` needs to know.
+
+    The defaults are those of the ``trio-broadcast`` command. All sizes are in
+    bytes and all durations in seconds. Each field is declared with its check
+    and, if the command sets it, its option and help (see :mod:`trio_broadcast.setting`).
+    """
+
+    host: str = setting(
+        "0.0.0.0",
+        Text(lambda host: None if host else "must not be empty"),
+        Option("--host", "bind address; an IPv6 literal such as `::1` works too"),
+    )
+    port: int = setting(
+        8000,
+        Count(0, 65535),
+        Option("--port", "TCP port; `0` picks a free one (the `listening on` line shows it)"),
+    )
+    queue_size: int = setting(
+        16,
+        Count(1),
+        Option(
+            "--queue-size",
+            "how far a client may fall behind, in batches (the lines of one read of "
+            "standard input)",
+            metavar="N",
+        ),
+    )
+    on_full: OnFull = setting(
+        OnFull.DISCONNECT,
+        Member(OnFull),
+        Option(
+            "--on-full",
+            'a client whose queue is full is closed with 1008 ("too slow"), or (`drop`) '
+            "misses that batch, counted and logged at most every 10 s",
+        ),
+    )
+    history: int = setting(
+        0,
+        Count(0),
+        Option(
+            "--history",
+            "a new client first receives the last N lines, then the live feed, with no gap "
+            "and no duplicate",
+            metavar="N",
+        ),
+    )
+    max_clients: int | None = setting(
+        None,
+        Count(1),
+        Option(
+            "--max-clients",
+            "beyond N clients the handshake is refused with HTTP 503",
+            metavar="N",
+            shown="unlimited",
+        ),
+    )
+    max_message_size: int = setting(
+        MiB,
+        Count(1),
+        Option(
+            "--max-message-size",
+            "a larger incoming message closes the connection with 1009; text counts in UTF-8 "
+            "bytes, as sent. A message may come in at most one fragment per 64 bytes of the "
+            "limit, and at least 1,024 (16,384 for 1 MiB): one still unfinished after that "
+            "closes with 1008. However it is fragmented, the server holds about this many "
+            "bytes for a message, no more",
+            metavar="BYTES",
+        ),
+    )
+    max_line_size: int = setting(
+        MiB,
+        Count(1),
+        Option(
+            "--max-line-size",
+            "a longer input line is skipped with one warning; memory stays bounded and the "
+            "next lines flow",
+            metavar="BYTES",
+        ),
+    )
+    ping_interval: float = setting(
+        20.0,
+        Seconds(zero_allowed=True),
+        Option(
+            "--ping-interval",
+            "keep-alive ping; a peer that has not answered by the next ping is dropped; "
+            "`0` disables",
+            metavar="SECONDS",
+        ),
+    )
+    handshake_timeout: float = setting(
+        10.0,
+        Seconds(),
+        Option(
+            "--handshake-timeout",
+            "a connection must finish TLS and the WebSocket handshake within this time",
+            metavar="SECONDS",
+        ),
+    )
+    certfile: str | None = setting(
+        None,
+        None,
+        Option(
+            "--certfile",
+            "serve `wss://` with this certificate chain (PEM); needs `--keyfile`",
+            metavar="PATH",
+        ),
+    )
+    keyfile: str | None = setting(
+        None,
+        None,
+        Option("--keyfile", "the private key (PEM) of `--certfile`", metavar="PATH"),
+    )
+    echo: bool = setting(
+        True,
+        Switch(),
+        Option(
+            "--no-echo",
+            "do not echo; client messages are still read (and discarded) so pings and closes work",
+        ),
+    )
+    exit_on_eof: bool = setting(
+        False,
+        Switch(),
+        Option(
+            "--exit-on-eof",
+            "at the end of input, deliver every line read, close each client with 1000, exit 0",
+        ),
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        (),
+        Many(Text(_origin), "allowed origin"),
+        Option(
+            "--allowed-origin",
+            "repeatable; a WebSocket handshake whose `Origin` is not listed (nor the server's "
+            "own: see [Browser page, health and metrics](#browser-page-health-and-metrics)) "
+            "gets `403`",
+            metavar="ORIGIN",
+            shown="any origin",
+        ),
+    )
+    """Origins (``scheme://host[:port]``) allowed to open a WebSocket; empty: any.
+    When not empty, the server's own origin is allowed too, if its host is one
+    that DNS cannot point elsewhere: see :attr:`allowed_hosts`."""
+    allowed_hosts: tuple[str, ...] = setting(
+        (),
+        Many(Text(_allowed_host), "allowed host"),
+        Option(
+            "--allowed-host",
+            "repeatable; a name clients use to reach the server (`chat.example.com`, or "
+            "`chat.example.com:8443` for that port only); IP addresses, `localhost` and the "
+            "`--host` name need none. Once given, any request (page, `/healthz`, `/metrics`, "
+            "handshake) whose `Host` is none of these gets `403`. Under `--allowed-origin`, "
+            "the page's own origin is allowed only on these hosts, given or not (DNS rebinding)",
+            metavar="HOST[:PORT]",
+            shown="any host",
+        ),
+    )
+    require_origin: bool = setting(
+        False,
+        Switch(),
+        Option(
+            "--require-origin",
+            "also refuse handshakes without an `Origin` header (that is, from non-browser "
+            "clients) with `403`",
+        ),
+    )
+    page: bool = setting(
+        True,
+        Switch(),
+        Option("--no-page", "do not serve the live page (`GET /` gets `404`)"),
+    )
+    token: str | None = setting(None, Text(_token), repr=False)
+    """Secret that handshakes, the page and ``/metrics`` must present; never logged.
+    The command reads it from ``--token-file`` or the environment."""
+    send_timeout: float = setting(10.0, Seconds())
+    """A single frame that cannot be written within this time aborts the connection."""
+    close_timeout: float = setting(1.5, Seconds())
+    """Budget for closing one connection: finishing a frame being written, writing
+    the close frame and waiting for the client's; past it the TCP connection is
+    dropped. A client that reads what was already sent within it gets its close
+    code (under full load, a second of buffered frames is not unusual)."""
+    max_request_head: int = setting(16 * 1024, Count(256))
+    """Largest HTTP request head (request line and headers) accepted."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if (self.certfile is None) != (self.keyfile is None):
+            raise SettingError(("certfile", "keyfile"), "must be given together")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks ``wss://``."""
+        return self.certfile is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings:
+    """Where the command shares its feed through Redis; see :mod:`trio_broadcast.redis_stream`."""
+
+    url: str | None = setting(
+        None,
+        Text(_redis_url),
+        Option(
+            "--redis",
+            "share the feed with every instance using this Redis (`redis://host:port/db`, "
+            "`rediss://`, `unix://`); needs `pip install 'trio-broadcast[redis]'`; see "
+            "[Scaling out with Redis](#scaling-out-with-redis)",
+            metavar="URL",
+        ),
+    )
+    channel: str = setting(
+        "trio-broadcast",
+        Text(_channel),
+        Option(
+            "--channel",
+            "with `--redis`: the feed's name; its stream is the key `trio-broadcast:NAME`",
+            metavar="NAME",
+        ),
+    )
+    maxlen: int = setting(
+        100_000,
+        Count(1),
+        Option(
+            "--redis-maxlen",
+            "with `--redis`: the stream keeps about the last N lines (`XADD … MAXLEN ~ N`); "
+            "a reader that falls further behind skips the oldest, and says so",
+            metavar="N",
+        ),
+    )
+    buffer: int = setting(256, Count(1))
+    """Batches of input held while Redis is unreachable; beyond it, input is not read."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
