@@ -33,9 +33,7 @@ What is covered:
 
 from __future__ import annotations
 
-import base64
 import fcntl
-import hashlib
 import itertools
 import os
 import random
@@ -49,7 +47,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +58,23 @@ from websockets.trio.client import ClientConnection, connect
 import trio_broadcast
 
 from .conftest import COMMAND, Process, running_command
+from .wire import (
+    BINARY,
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    ZERO_MASK,
+    Frame,
+    RawClient,
+    masked_frame,
+    upgrade_request,
+)
 
 pytestmark = pytest.mark.e2e
 
 PROG = "trio-broadcast"
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_TIMEOUT = trio_broadcast.Config().close_timeout
-TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -191,136 +198,6 @@ async def started_command(
             await process.wait()
         if process.stderr is not None:
             await trio.aclose_forcefully(process.stderr)
-
-
-@dataclass(frozen=True)
-class Frame:
-    opcode: int
-    payload: bytes
-
-    @property
-    def close_code(self) -> int:
-        assert self.opcode == CLOSE, self
-        return int(struct.unpack("!H", self.payload[:2])[0])
-
-    @property
-    def text(self) -> str:
-        assert self.opcode == TEXT, self
-        return self.payload.decode()
-
-
-def upgrade_request(port: int, key: str = "dGhlIHNhbXBsZSBub25jZQ==") -> bytes:
-    """A WebSocket opening handshake request for the server on ``port``."""
-    return (
-        "GET / HTTP/1.1\r\n"
-        f"Host: 127.0.0.1:{port}\r\n"
-        "Upgrade: websocket\r\n"
-        "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
-class RawClient:
-    """A client on a raw socket, written by hand so that it can misbehave on purpose."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-        self.port = int(stream.socket.getsockname()[1])
-        """The local port: how the server's log names this client."""
-
-    @classmethod
-    async def open(cls, port: int, *, rcvbuf: int | None = None) -> RawClient:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            if rcvbuf is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            await sock.connect(("127.0.0.1", port))
-        except BaseException:
-            sock.close()
-            raise
-        return cls(trio.SocketStream(sock))
-
-    @classmethod
-    async def handshake(cls, port: int, *, rcvbuf: int | None = None) -> RawClient:
-        """Connect and complete the WebSocket opening handshake by hand."""
-        client = await cls.open(port, rcvbuf=rcvbuf)
-        try:
-            key = base64.b64encode(os.urandom(16)).decode()
-            await client.stream.send_all(upgrade_request(port, key))
-            while b"\r\n\r\n" not in client.buffer:
-                assert await client.fill(), f"closed in the handshake: {client.buffer!r}"
-            head, _, rest = bytes(client.buffer).partition(b"\r\n\r\n")
-            client.buffer = bytearray(rest)
-            assert head.startswith(b"HTTP/1.1 101 "), head
-            accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest())
-            headers = [line.partition(b":") for line in head.split(b"\r\n")[1:]]
-            assert (b"sec-websocket-accept", accept) in [
-                (name.strip().lower(), value.strip()) for name, _, value in headers
-            ], head
-        except BaseException:
-            await client.aclose()
-            raise
-        return client
-
-    async def fill(self) -> bool:
-        """Read more into the buffer; False at the end of the connection (or a reset)."""
-        try:
-            data = await self.stream.receive_some(65536)
-        except trio.BrokenResourceError:
-            return False
-        self.buffer += data
-        return bool(data)
-
-    async def read_to_end(self) -> bytes:
-        while await self.fill():
-            pass
-        return bytes(self.buffer)
-
-    async def _take(self, size: int) -> bytes | None:
-        while len(self.buffer) < size:
-            if not await self.fill():
-                return None
-        data = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return data
-
-    async def read_frame(self) -> Frame | None:
-        """The next whole frame from the server; ``None`` once the connection is gone."""
-        head = await self._take(2)
-        if head is None:
-            return None
-        assert head[0] & 0x80, "this client expects unfragmented messages"
-        assert not head[1] & 0x80, "a server must not mask its frames"
-        opcode, length = head[0] & 0x0F, head[1] & 0x7F
-        if length >= 126:
-            extended = await self._take(2 if length == 126 else 8)
-            if extended is None:
-                return None
-            length = int.from_bytes(extended, "big")
-        payload = await self._take(length)
-        return None if payload is None else Frame(opcode, payload)
-
-    async def read_until_gone(self) -> list[Frame]:
-        frames = []
-        while (frame := await self.read_frame()) is not None:
-            frames.append(frame)
-        return frames
-
-    async def send_frame(self, opcode: int, payload: bytes) -> None:
-        assert len(payload) < 126
-        mask = os.urandom(4)
-        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-        await self.stream.send_all(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
-
-    def reset(self) -> None:
-        """Vanish: close with SO_LINGER 0, so that the server gets a TCP reset."""
-        self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.stream.socket.close()
-
-    async def aclose(self) -> None:
-        await trio.aclose_forcefully(self.stream)
 
 
 @pytest.fixture
@@ -528,7 +405,7 @@ async def test_out_of_file_descriptors_refuses_with_503_then_recovers() -> None:
             refusals: list[bytes] = []
             for _ in range(attempts):
                 client = await RawClient.open(port)
-                await client.stream.send_all(upgrade_request(port))
+                await client.stream.send_all(upgrade_request(host=f"127.0.0.1:{port}"))
                 while b"\r\n\r\n" not in client.buffer:
                     assert await client.fill(), f"closed without an answer: {client.buffer!r}"
                 if client.buffer.startswith(b"HTTP/1.1 101 "):
@@ -601,12 +478,11 @@ def message_frames(opcode: int, pieces: list[bytes], *, final: bool = True) -> b
     Masked with a zero key, which leaves the payload as it is. ``final=False``
     leaves the last frame unfinished too: the message goes on.
     """
-    frames = bytearray()
-    for i, piece in enumerate(pieces):
-        fin = 0x80 if final and i == len(pieces) - 1 else 0
-        assert len(piece) < 126
-        frames += bytes([fin | (0 if i else opcode), 0x80 | len(piece)]) + bytes(4) + piece
-    return bytes(frames)
+    last = len(pieces) - 1
+    return b"".join(
+        masked_frame(0 if i else opcode, piece, ZERO_MASK, fin=final and i == last)
+        for i, piece in enumerate(pieces)
+    )
 
 
 ASCII_100 = bytes(range(32, 127))[:100]
