@@ -63,9 +63,11 @@ from run import (
     raise_fd_limit,
     rss_kb,
     setup_pinning,
-    trio_broadcast_command,
     wait_for_port,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.wire
+from tests.wire import trio_broadcast_command
 
 HOST = "127.0.0.1"
 LOGS = BENCH / ".logs" / "faults"

@@ -16,19 +16,29 @@ what no WebSocket library lets it do.
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
-import os
 import socket
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.wire
+from tests.wire import (
+    Frame,
+    ProtocolViolation,
+    ServerFrameParser,
+    masked_frame,
+    masked_header,
+    upgrade_request,
+)
 
 SOURCE = "127.0.0.2"
 """Misbehaving clients connect from here, so the server's log tells them apart
@@ -61,6 +71,9 @@ class Peer:
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self.sock = sock
         self.buffer = bytearray()
+        """Bytes read and not yet parsed: the answer to the handshake, or a frame's start."""
+        self.parser = ServerFrameParser()
+        self._frames: deque[Frame] = deque()
         self.port = int(sock.getsockname()[1])
 
     @classmethod
@@ -102,24 +115,30 @@ class Peer:
         self.buffer += data
         return bool(data)
 
-    async def frame(self) -> tuple[int, bytes] | None:
+    def parsed(self) -> Frame | None:
+        """The next whole frame in what was read so far, if any.
+
+        Strictly checked (:class:`~tests.wire.ServerFrameParser`): raises
+        :class:`~tests.wire.ProtocolViolation` on bytes that are not whole,
+        valid server frames, such as a frame written inside another one.
+        """
+        if self.buffer:
+            self._frames.extend(self.parser.feed(bytes(self.buffer)))
+            self.buffer.clear()
+        return self._frames.popleft() if self._frames else None
+
+    async def frame(self) -> Frame | None:
         """The next frame from the server, or ``None`` when the connection ends."""
-        while True:
-            parsed = _parse(self.buffer)
-            if parsed is not None:
-                opcode, payload, size = parsed
-                del self.buffer[:size]
-                return opcode, payload
+        while (frame := self.parsed()) is None:
             if not await self.fill():
                 return None
+        return frame
 
     async def until_closed(self) -> str:
         """Read, ignoring pings, until the server closes; how it did."""
         while (frame := await self.frame()) is not None:
-            opcode, payload = frame
-            if opcode == CLOSE:
-                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-                return f"close frame {code}"
+            if frame.opcode == CLOSE:
+                return f"close frame {_code(frame)}"
         return "dropped without a close frame"
 
     def reset(self) -> None:
@@ -132,47 +151,14 @@ class Peer:
 
 
 def request(host: str, port: int) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
+    """The upgrade request to the server at ``host``:``port``, with a fresh key."""
+    return upgrade_request(host=f"{host}:{port}")
 
 
-def masked_header(opcode: int, length: int, mask: bytes, *, fin: bool = True) -> bytes:
-    """The head of a masked client frame: ``length`` payload bytes, final if ``fin``."""
-    first = (0x80 if fin else 0) | opcode
-    if length < 126:
-        head = struct.pack("!BB", first, 0x80 | length)
-    elif length < 1 << 16:
-        head = struct.pack("!BBH", first, 0x80 | 126, length)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, length)
-    return head + mask
-
-
-def masked_frame(opcode: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return masked_header(opcode, len(payload), mask) + masked
-
-
-def _parse(buffer: bytearray) -> tuple[int, bytes, int] | None:
-    """(opcode, payload, bytes used) of a whole frame at the start of ``buffer``."""
-    if len(buffer) < 2:
-        return None
-    length, head = buffer[1] & 0x7F, 2
-    if length == 126:
-        if len(buffer) < 4:
-            return None
-        length, head = struct.unpack_from("!H", buffer, 2)[0], 4
-    elif length == 127:
-        if len(buffer) < 10:
-            return None
-        length, head = struct.unpack_from("!Q", buffer, 2)[0], 10
-    if len(buffer) < head + length:
-        return None
-    return buffer[0] & 0x0F, bytes(buffer[head : head + length]), head + length
+def _code(close: Frame) -> int:
+    """A close frame's code; 1005 (RFC 6455 7.1.5) when it has none."""
+    code = close.close_code
+    return 1005 if code is None else code
 
 
 # ---------------------------------------------------------------- the misbehaviours
@@ -293,24 +279,7 @@ async def fragment_flood(peer: Peer, host: str, port: int, config: dict[str, Any
 
 
 class CorruptStream(Exception):
-    """The server sent bytes that are not whole, valid server frames."""
-
-
-def check_frame(buffer: bytearray) -> None:
-    """Raise :class:`CorruptStream` unless ``buffer`` starts with a valid frame header.
-
-    What a frame written inside another one looks like from here: the payload
-    bytes of the outer frame read as a header (RSV bits set, an unknown or
-    continuation opcode, a mask bit, an oversized control frame).
-    """
-    if len(buffer) < 2:
-        return
-    first, second = buffer[0], buffer[1]
-    opcode = first & 0x0F
-    if first & 0x70 or not first & 0x80 or opcode not in (TEXT, 0x2, CLOSE, PING, PONG):
-        raise CorruptStream(f"bad frame header {bytes(buffer[:8])!r}")
-    if second & 0x80 or (opcode >= CLOSE and second & 0x7F > 125):
-        raise CorruptStream(f"bad frame header {bytes(buffer[:8])!r}")
+    """The server's frames, though well-formed, are not what this client was sent."""
 
 
 async def slow_talker(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
@@ -334,9 +303,8 @@ async def _talk(peer: Peer) -> str:
     deadline = trio.current_time() + TALK_SECONDS
     while trio.current_time() < deadline:
         reads += 1
-        check_frame(peer.buffer)
-        parsed = _parse(peer.buffer)
-        if parsed is None:
+        frame = peer.parsed()
+        if frame is None:
             # Catching up (large reads) and lagging (small reads, pauses) in turn,
             # so that the server's socket often fills in the middle of a frame.
             lagging = (reads // 40) % 2 == 1
@@ -354,22 +322,15 @@ async def _talk(peer: Peer) -> str:
                 if kind != TEXT:
                     sent.pop()
             continue
-        opcode, payload, size = parsed
-        del peer.buffer[:size]
+        opcode, payload = frame.opcode, frame.payload
         if opcode == CLOSE:
-            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-            return f"close frame {code}"
+            return f"close frame {_code(frame)}"
         if opcode == PING:
             await peer.send(masked_frame(PONG, payload))
-        elif opcode == TEXT:
-            try:
-                payload.decode()
-            except UnicodeDecodeError:
-                raise CorruptStream(f"text frame not UTF-8: {payload[:24]!r}") from None
-            if payload.startswith(b"talk "):
-                if echoed >= len(sent) or payload != sent[echoed]:
-                    raise CorruptStream(f"echo out of order: {payload[:24]!r}")
-                echoed += 1
+        elif opcode == TEXT and payload.startswith(b"talk "):
+            if echoed >= len(sent) or payload != sent[echoed]:
+                raise CorruptStream(f"echo out of order: {payload[:24]!r}")
+            echoed += 1
     await peer.send(masked_frame(CLOSE, struct.pack("!H", 1000)))
     return "served, then left"
 
@@ -413,7 +374,7 @@ async def one_run(name: str, host: str, port: int, config: dict[str, Any]) -> Ru
             outcome = f"no end within {config['run_timeout']:g} s"
     except OSError as exc:
         outcome = f"error: {type(exc).__name__}"
-    except CorruptStream as exc:
+    except (CorruptStream, ProtocolViolation) as exc:
         outcome = f"error: corrupt stream: {exc}"
     finally:
         if peer is not None:

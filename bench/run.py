@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import base64
 import contextlib
 import ctypes
 import datetime
@@ -47,6 +46,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.wire
+from tests.wire import trio_broadcast_command, upgrade_request
 
 BENCH = Path(__file__).resolve().parent
 NODE_DIR = BENCH / ".node"
@@ -158,14 +160,6 @@ class ServerSpec:
     redis_command: Callable[[int, str, bool], list[str]] | None = None
     """(port, Redis URL, reads stdin) -> argv of an instance sharing its feed through
     Redis; ``None``: the server has no Redis mode (R scenarios read n/a)."""
-
-
-def trio_broadcast_command() -> str | None:
-    """The installed command: next to this Python, else on PATH; ``None`` if neither."""
-    beside = Path(sys.executable).parent / "trio-broadcast"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("trio-broadcast")
 
 
 def server_specs() -> dict[str, ServerSpec]:
@@ -643,14 +637,7 @@ class StuckClient:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.sock.settimeout(5)
         self.sock.connect((HOST, port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            (
-                f"GET / HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        self.sock.sendall(upgrade_request(host=f"{HOST}:{port}"))
         response = b""
         while b"\r\n\r\n" not in response and len(response) < 16384:
             chunk = self.sock.recv(1024)

@@ -34,7 +34,6 @@ from typing import Any
 
 import probe
 import trio
-from misbehave import request
 from run import (
     BENCH,
     RESULTS,
@@ -43,9 +42,11 @@ from run import (
     Child,
     free_port,
     setup_pinning,
-    trio_broadcast_command,
     wait_for_port,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.wire
+from tests.wire import trio_broadcast_command, upgrade_request
 
 HOST = "127.0.0.1"
 LOGS = BENCH / ".logs" / "soak"
@@ -69,7 +70,7 @@ async def cycle(port: int, ending: int) -> str | None:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         await sock.connect((HOST, port))
-        await sock.send(request(HOST, port))
+        await sock.send(upgrade_request(host=f"{HOST}:{port}"))
         data = b""
         expected = LINE.rstrip(b"\n")
         # 101 head, then the history line in one small unmasked text frame.

@@ -81,6 +81,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the repository root: tests.wire
+from tests.wire import trio_broadcast_command  # noqa: E402
+
 DEFAULT_CACHE = REPO / ".nox" / ".cache" / "autobahn"
 DEFAULT_REPORTS = REPO / "conformance" / "reports"
 
@@ -507,10 +510,9 @@ def wstest_environment(cache: Path) -> Python2:
 # --- the server -----------------------------------------------------------------
 
 
-def trio_broadcast_command() -> list[str]:
-    """The installed command: beside this Python (the venv's), else on PATH."""
-    beside = Path(sys.executable).with_name("trio-broadcast")
-    found = str(beside) if beside.exists() else shutil.which("trio-broadcast")
+def server_program() -> list[str]:
+    """The installed command (beside this Python, else on PATH), as the start of an argv."""
+    found = trio_broadcast_command()
     if found is None:
         raise RunError("no trio-broadcast command: install the package first (pip install .)")
     return [found]
@@ -819,7 +821,7 @@ def run(args: argparse.Namespace) -> int:
     cases, exclude = patterns(args.cases), patterns(args.exclude)
     excluded_groups = {p.split(".")[0] for p in exclude if re.fullmatch(r"\d+\.\*", p)}
     started = time.monotonic()
-    program = shlex.split(args.command) if args.command else trio_broadcast_command()
+    program = shlex.split(args.command) if args.command else server_program()
     server = start_server(reports / "trio-broadcast.log", program)
     try:
         write_spec(reports / "fuzzingclient.json", outdir, server.port, cases, exclude)

@@ -10,10 +10,8 @@ import os
 import re
 import resource
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -23,7 +21,10 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 
 from trio_broadcast import Config, Publish, Server, serve
 
-COMMAND = Path(sys.executable).with_name("trio-broadcast")
+from .wire import command_beside_python
+
+COMMAND = command_beside_python()
+"""The command of this Python's environment (never one on PATH: the tests run this checkout)."""
 
 # Hypothesis: each property runs the examples its @budget names, which keeps the
 # default suite fast. HYPOTHESIS_PROFILE=long runs every property 5000 times

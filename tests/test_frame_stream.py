@@ -28,8 +28,8 @@ from trio_broadcast.frames import encode_lines
 from trio_broadcast.protocol_errors import IncompatibleWebSocket, check_compatible
 
 from .conftest import budget, ws_client
-from .server_frames import CLOSE, PING, Frame, ServerFrameParser
 from .test_frames import accepted_pair
+from .wire import CLOSE, PING, Frame, ServerFrameParser
 
 
 def control_frame(opcode: int, payload: bytes) -> bytes:

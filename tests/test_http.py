@@ -10,7 +10,6 @@ Every test is bounded by ``trio.fail_after``.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -30,6 +29,7 @@ from trio_broadcast import Config, Server, frame_stream, handshake, read_lines, 
 from trio_broadcast.counters import Counters
 
 from .conftest import LineFeed, running_server, wait_until, ws_client
+from .wire import upgrade_request
 
 TOKEN = "0123456789abcdef"
 
@@ -50,20 +50,6 @@ async def exchange(server: Server, *pieces: bytes) -> bytes:
         while chunk := await stream.receive_some():
             received += chunk
     return received
-
-
-def upgrade_request(target: str = "/", *headers: str, key: str | None = None) -> bytes:
-    key = key or base64.b64encode(os.urandom(16)).decode()
-    lines = [
-        f"GET {target} HTTP/1.1",
-        "Host: 127.0.0.1",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        *headers,
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 async def status_line(server: Server, request: bytes) -> bytes:

@@ -5,13 +5,12 @@ is tiny and it reads irregularly, so the server's writes to it often stop
 mid-frame, while it sends pings and messages and answers the server's
 keep-alive pings, so that pongs, echoes and pings are due on the same
 connection at those moments. Every byte it receives goes through a strict
-parser (:mod:`tests.server_frames`): a frame written inside another one fails
+parser (:mod:`tests.wire`): a frame written inside another one fails
 it at once. Each run is seeded, so a failure can be replayed.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import socket
@@ -24,8 +23,17 @@ import pytest
 import trio
 
 from .conftest import Process, running_command
-from .server_frames import BINARY, CLOSE, PING, PONG, TEXT, Frame, ServerFrameParser
-from .test_command import upgrade_request
+from .wire import (
+    BINARY,
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    Frame,
+    ServerFrameParser,
+    masked_frame,
+    upgrade_request,
+)
 
 LINE_SIZE = 2900
 LINES_PER_TICK = 3
@@ -51,13 +59,6 @@ async def feed(process: Process, stop: trio.Event) -> None:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         await trio.sleep(TICK)
-
-
-def masked(opcode: int, payload: bytes) -> bytes:
-    assert len(payload) < 126
-    mask = os.urandom(4)
-    body = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
 
 
 @dataclass
@@ -96,7 +97,7 @@ class Transcript:
             self.pongs = self.pings_sent.index(frame.payload, self.pongs) + 1
         elif frame.opcode == PING:
             self.server_pings += 1
-            return masked(PONG, frame.payload)
+            return masked_frame(PONG, frame.payload)
         elif frame.opcode == CLOSE:
             self.close = frame
         else:
@@ -112,9 +113,9 @@ class Transcript:
         n = len(self.pings_sent) + len(self.echoes_expected)
         if self.rng.random() < 0.5:
             self.pings_sent.append(b"p%d" % n)
-            return masked(PING, self.pings_sent[-1])
+            return masked_frame(PING, self.pings_sent[-1])
         self.echoes_expected.append(f"E{n:05d} " + "e" * self.rng.randrange(0, 80))
-        return masked(TEXT, self.echoes_expected[-1].encode())
+        return masked_frame(TEXT, self.echoes_expected[-1].encode())
 
 
 @asynccontextmanager
@@ -124,7 +125,7 @@ async def slow_connection(port: int) -> AsyncIterator[trio.SocketStream]:
     stream = trio.SocketStream(sock)
     try:
         await sock.connect(("127.0.0.1", port))
-        await stream.send_all(upgrade_request(port))
+        await stream.send_all(upgrade_request(host=f"127.0.0.1:{port}"))
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = await stream.receive_some(1)
@@ -200,7 +201,7 @@ async def test_a_slow_client_that_talks_gets_whole_frames(seed: int) -> None:
                 with trio.move_on_after(8):
                     await talk_while_reading(stream, transcript)
                 assert transcript.close_code() is None
-                await stream.send_all(masked(CLOSE, struct.pack("!H", 1000)))
+                await stream.send_all(masked_frame(CLOSE, struct.pack("!H", 1000)))
                 transcript.closing = True
                 await talk_while_reading(stream, transcript)
                 stop.set()

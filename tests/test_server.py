@@ -8,7 +8,6 @@ may leave an error in the server's log.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import gc
 import logging
@@ -32,6 +31,7 @@ from trio_broadcast import Config, OnFull, Server, StartupError, serve
 from trio_broadcast.protocol_errors import fix_close_handling
 
 from .conftest import LineFeed, running_server, wait_until, ws_client
+from .wire import reset, upgrade_request
 
 
 @pytest.fixture(autouse=True)
@@ -74,27 +74,12 @@ async def read_head(stream: trio.SocketStream) -> bytes:
     return received
 
 
-def upgrade_request(key: bytes | None = None) -> bytes:
-    key = key or base64.b64encode(os.urandom(16))
-    return (
-        b"GET /feed HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-
-
 async def raw_websocket(server: Server, *, rcvbuf: int | None = None) -> trio.SocketStream:
     """A client that completes the handshake by hand and then does only what the test says."""
     stream = await raw_connect(server, rcvbuf=rcvbuf)
     await stream.send_all(upgrade_request())
     assert (await read_head(stream)).startswith(b"HTTP/1.1 101")
     return stream
-
-
-def reset(stream: trio.SocketStream) -> None:
-    """Drop the connection with a TCP RST, as a vanished peer does."""
-    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    stream.socket.close()
 
 
 # --- broadcast and echo -------------------------------------------------------

@@ -20,7 +20,7 @@ from trio_broadcast.frames import encode_lines, message_frame
 from trio_broadcast.write_order import IOV_MAX, WriteOrder
 
 from .conftest import budget
-from .server_frames import CLOSE, PING, PONG, Frame, ServerFrameParser
+from .wire import CLOSE, PING, PONG, Frame, ServerFrameParser
 
 
 def control_frame(opcode: int, payload: bytes) -> bytes:

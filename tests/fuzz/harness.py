@@ -36,8 +36,6 @@ import enum
 import itertools
 import logging
 import os
-import socket
-import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -53,6 +51,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from trio_broadcast import Server
 
 from ..conftest import running_server, wait_until, ws_client
+from ..wire import reset
 
 BUDGET_VARIABLE = "TRIO_BROADCAST_FUZZ_SECONDS"
 DEFAULT_BUDGET = 10.0
@@ -421,12 +420,6 @@ async def drain(stream: trio.SocketStream) -> Received:
         await trio.testing.wait_all_tasks_blocked(IDLE_CUSHION)
         nursery.cancel_scope.cancel()
     return Received(bytes(received), closed, reset)
-
-
-def reset(stream: trio.SocketStream) -> None:
-    """Drop the connection with a TCP RST, as a vanished peer does."""
-    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    stream.socket.close()
 
 
 @asynccontextmanager

@@ -6,7 +6,6 @@ Each was a strict xfail until its fix landed; they stay as regression tests.
 from __future__ import annotations
 
 import logging
-import struct
 
 import pytest
 import trio
@@ -14,21 +13,7 @@ import trio
 from trio_broadcast import Server
 
 from ..conftest import running_server, wait_until
-
-KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
-
-
-def upgrade(*headers: bytes, version: bytes = b"HTTP/1.1", host: bytes = b"127.0.0.1") -> bytes:
-    lines = [
-        b"GET / " + version,
-        *([b"Host: " + host] if host else []),
-        b"Upgrade: websocket",
-        b"Connection: Upgrade",
-        b"Sec-WebSocket-Key: " + KEY,
-        b"Sec-WebSocket-Version: 13",
-        *headers,
-    ]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+from ..wire import masked_frame, upgrade_request
 
 
 async def exchange(server: Server, request: bytes, *, head_only: bool = False) -> bytes:
@@ -56,11 +41,11 @@ def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 @pytest.mark.parametrize(
     "request_",
     [
-        upgrade(host=b"\xff"),
-        upgrade(host=b"xn--a"),  # ASCII, but not IDNA
-        upgrade(b"Connection: Upgrade, \xff"),
-        upgrade(b"Sec-WebSocket-Protocol: \xff"),
-        upgrade(b"Sec-WebSocket-Extensions: \xff"),
+        upgrade_request(host=b"\xff"),
+        upgrade_request(host=b"xn--a"),  # ASCII, but not IDNA
+        upgrade_request("/", b"Connection: Upgrade, \xff"),
+        upgrade_request("/", b"Sec-WebSocket-Protocol: \xff"),
+        upgrade_request("/", b"Sec-WebSocket-Extensions: \xff"),
     ],
     ids=["host", "host-idna", "connection", "protocol", "extensions"],
 )
@@ -85,8 +70,8 @@ async def test_a_header_wsproto_cannot_decode_gets_400_not_a_traceback(
 @pytest.mark.parametrize(
     "request_",
     [
-        upgrade(b"Upgrade: h2c"),  # wsproto reads the last Upgrade header only
-        upgrade(version=b"HTTP/1.0", host=b""),  # h11 needs no Host for HTTP/1.0
+        upgrade_request("/", b"Upgrade: h2c"),  # wsproto reads the last Upgrade header only
+        upgrade_request(version="HTTP/1.0", host=None),  # h11 needs no Host for HTTP/1.0
     ],
     ids=["second-upgrade", "http-1.0-no-host"],
 )
@@ -96,19 +81,14 @@ async def test_an_upgrade_wsproto_refuses_does_not_hold_a_client_slot(request_: 
             answer = await exchange(server, request_)
             assert answer.startswith(b"HTTP/1.1 4")
             # Refused with 503 "too many clients" until the handshake timeout.
-            answer = await exchange(server, upgrade(), head_only=True)
+            answer = await exchange(server, upgrade_request(), head_only=True)
             assert answer.startswith(b"HTTP/1.1 101 "), answer
-
-
-def masked(opcode: int, payload: bytes) -> bytes:
-    """A client frame with an all-zero mask: the payload goes as it is."""
-    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + b"\x00" * 4 + payload
 
 
 async def websocket(server: Server) -> trio.SocketStream:
     """A connection that completed the handshake (and sends nothing before the 101)."""
     stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-    await stream.send_all(upgrade())
+    await stream.send_all(upgrade_request())
     received = b""
     while b"\r\n\r\n" not in received:
         received += await stream.receive_some(1)
@@ -130,7 +110,7 @@ async def test_a_ping_after_an_oversized_message_is_no_error(
             stream = await websocket(server)
             async with stream:
                 # In one write, so that the server reads the ping after it sent 1009.
-                await stream.send_all(masked(0x1, b"hello") + masked(0x9, b"ping"))
+                await stream.send_all(masked_frame(0x1, b"hello") + masked_frame(0x9, b"ping"))
                 while await stream.receive_some():
                     pass
             await wait_until(lambda: server.statistics().connections == 0)
@@ -141,7 +121,7 @@ async def test_a_ping_after_an_oversized_message_is_no_error(
 # message over max_message_size made trio-websocket try to close with 1009.
 @pytest.mark.parametrize(
     "late",
-    [masked(0x9, b"ping"), masked(0x1, b"far too long")],
+    [masked_frame(0x9, b"ping"), masked_frame(0x1, b"far too long")],
     ids=["ping", "oversized-message"],
 )
 async def test_a_frame_during_a_graceful_shutdown_is_no_error(

@@ -47,6 +47,8 @@ from hypothesis import strategies as st
 from trio_broadcast.protocol_errors import max_fragments
 
 from ..conftest import wait_until
+from ..wire import SAMPLE_KEY, ServerFrameParser, upgrade_request
+from ..wire import Frame as ServerFrame
 from .harness import (
     BATCH,
     BROADCAST_MARK,
@@ -63,7 +65,6 @@ from .harness import (
 pytestmark = [pytest.mark.fuzz, IGNORE_RANDOM_IN_OTHER_THREADS]
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-CONTROL = {CLOSE, PING, PONG}
 RESERVED_OPCODES = (0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF)
 # 1011 (internal error) is left out: the server must never send it, so
 # seeing it means the server chose it.
@@ -74,11 +75,7 @@ BAD_UTF8 = (b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\xf4\x90\x80\x
 # peer's code echoed (CLOSE_CODES).
 SERVER_CLOSE_CODES = {1000, 1001, 1002, 1007, 1008, 1009, *CLOSE_CODES}
 
-KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
-UPGRADE = (
-    b"GET /fuzz HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
+UPGRADE = upgrade_request("/fuzz", key=SAMPLE_KEY)
 
 
 @dataclass(frozen=True)
@@ -329,60 +326,33 @@ class ServerFrames:
     close: int | None = None
 
 
-def _header(data: bytes, at: int) -> tuple[int, int, int] | None:
-    """The first byte, payload length and payload offset of the frame at ``at``, if whole."""
-    if len(data) - at < 2:
-        return None
-    first, second = data[at], data[at + 1]
-    assert first & 0x80, f"a fragmented frame from the server: {first:#x}"
-    assert not first & 0x70, f"RSV bits set by the server: {first:#x}"
-    assert not second & 0x80, "a masked frame from the server"
-    length, at = second & 0x7F, at + 2
-    if length in (126, 127):
-        width = 2 if length == 126 else 8
-        if len(data) - at < width:
-            return None
-        length, at = int.from_bytes(data[at : at + width]), at + width
-    if len(data) - at < length:
-        return None
-    return first, length, at
-
-
-def _sort_out(seen: ServerFrames, opcode: int, payload: bytes) -> None:
-    assert opcode in (TEXT, BINARY, CLOSE, PING, PONG), f"opcode {opcode:#x} from the server"
-    assert opcode not in CONTROL or len(payload) <= 125, f"a control frame of {len(payload)} bytes"
-    if opcode == TEXT:
-        text = payload.decode()  # raises on invalid UTF-8
-        if not text.startswith(BROADCAST_MARK):
-            seen.echoes.append(text)
-    elif opcode == BINARY:
-        seen.echoes.append(payload)
-    elif opcode == PONG:
-        seen.pongs.append(payload)
-    elif opcode == CLOSE:
-        assert len(payload) != 1, "a close frame of one byte"
-        seen.close = struct.unpack("!H", payload[:2])[0] if payload else 1005
+def _sort_out(seen: ServerFrames, frame: ServerFrame) -> None:
+    if frame.opcode == TEXT:
+        if not frame.text.startswith(BROADCAST_MARK):
+            seen.echoes.append(frame.text)
+    elif frame.opcode == BINARY:
+        seen.echoes.append(frame.payload)
+    elif frame.opcode == PONG:
+        seen.pongs.append(frame.payload)
+    elif frame.opcode == CLOSE:
+        seen.close = 1005 if frame.close_code is None else frame.close_code
         assert seen.close in SERVER_CLOSE_CODES | {1005}, f"close code {seen.close}"
-        payload[2:].decode()  # the reason: raises on invalid UTF-8
 
 
 def parse_server_frames(data: bytes, complete: bool) -> ServerFrames:
     """Check that ``data`` is a sequence of frames a server may send; sort them out.
 
-    ``complete``: the last frame may not be cut short (it may when the
-    connection was reset).
+    The strict parser (:class:`~tests.wire.ServerFrameParser`) checks each
+    frame, and that nothing follows the close frame. ``complete``: the last
+    frame may not be cut short (it may when the connection was reset).
     """
     seen = ServerFrames()
-    at = 0
-    while at < len(data):
-        assert seen.close is None, f"a frame after the close frame: {data[at : at + 20]!r}"
-        header = _header(data, at)
-        if header is None:
-            assert not complete, f"the server's last frame is cut short: {data[at:][:40]!r}"
-            break
-        first, length, at = header
-        _sort_out(seen, first & 0x0F, data[at : at + length])
-        at += length
+    parser = ServerFrameParser()
+    for frame in parser.feed(data):
+        _sort_out(seen, frame)
+    assert not (complete and parser.incomplete), (
+        f"the server's last frame is cut short: {data[parser.offset :][:40]!r}"
+    )
     return seen
 
 

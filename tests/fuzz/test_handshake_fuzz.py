@@ -30,6 +30,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ..wire import SAMPLE_KEY
 from .harness import (
     BATCH,
     IGNORE_RANDOM_IN_OTHER_THREADS,
@@ -45,7 +46,7 @@ from .harness import (
 
 pytestmark = [pytest.mark.fuzz, IGNORE_RANDOM_IN_OTHER_THREADS]
 
-KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+KEY = SAMPLE_KEY.encode()
 
 VALID_HEADERS = (
     (b"Host", b"127.0.0.1"),
