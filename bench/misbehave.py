@@ -234,21 +234,9 @@ async def oversized(peer: Peer, host: str, port: int, config: dict[str, Any]) ->
     """Send a message twice the size limit: the server must close with 1009."""
     await peer.handshake(host, port)
     mask = b"\0\0\0\0"  # a zero key leaves the payload as is
-    async with trio.open_nursery() as nursery:
-
-        async def send_it() -> None:
-            try:
-                await peer.send(masked_header(0x2, OVERSIZED, mask))
-                chunk = b"\0" * 65536
-                for _ in range(OVERSIZED // len(chunk)):
-                    await peer.send(chunk)
-            except OSError:
-                pass  # the server closed while we were still sending
-
-        nursery.start_soon(send_it)
-        outcome = await peer.until_closed()
-        nursery.cancel_scope.cancel()
-    return outcome
+    chunk = b"\0" * 65536
+    head = masked_header(0x2, OVERSIZED, mask)
+    return await send_until_closed(peer, head, chunk, OVERSIZED // len(chunk))
 
 
 async def fragment_flood(peer: Peer, host: str, port: int, config: dict[str, Any]) -> str:
@@ -261,14 +249,20 @@ async def fragment_flood(peer: Peer, host: str, port: int, config: dict[str, Any
     await peer.handshake(host, port)
     mask = b"\0\0\0\0"
     batch = 10_000
+    frames = masked_header(0x0, 0, mask, fin=False) * batch
+    head = masked_header(0x1, 0, mask, fin=False)
+    return await send_until_closed(peer, head, frames, FLOOD_FRAMES // batch)
+
+
+async def send_until_closed(peer: Peer, head: bytes, body: bytes, times: int) -> str:
+    """Send ``head``, then ``body`` ``times`` times, while reading until the server closes."""
     async with trio.open_nursery() as nursery:
 
         async def send_it() -> None:
             try:
-                await peer.send(masked_header(0x1, 0, mask, fin=False))
-                frames = masked_header(0x0, 0, mask, fin=False) * batch
-                for _ in range(FLOOD_FRAMES // batch):
-                    await peer.send(frames)
+                await peer.send(head)
+                for _ in range(times):
+                    await peer.send(body)
             except OSError:
                 pass  # the server closed while we were still sending
 
