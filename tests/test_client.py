@@ -22,6 +22,7 @@ import trio
 from trio_websocket import CloseReason, WebSocketConnection, wrap_server_stream
 
 from trio_broadcast import Config
+from trio_broadcast.broadcast import Broadcast
 from trio_broadcast.client import (
     FEED_ENDED,
     GOING_AWAY,
@@ -71,7 +72,8 @@ class Served:
 async def serving(rcvbuf: int | None = None, **settings: Any) -> AsyncIterator[Served]:
     """Accept one connection on 127.0.0.1 and serve it with ``Config(**settings)``."""
     config = Config(**settings)
-    fanout: Fanout[bytes] = Fanout(queue_size=config.queue_size, on_full=config.on_full)
+    broadcast = Broadcast(config)
+    fanout = broadcast.plain
     accepted: list[tuple[WebSocketConnection, FrameStream]] = []
     async with trio.open_nursery() as nursery:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -96,7 +98,12 @@ async def serving(rcvbuf: int | None = None, **settings: Any) -> AsyncIterator[S
         async def serve() -> None:
             async with frames.transport:  # as the server does: the connection's owner closes it
                 served.report = await serve_client(
-                    ws, fanout, config, stop=served.stop, stream=frames, counters=served.counters
+                    ws,
+                    broadcast,
+                    config,
+                    stop=served.stop,
+                    stream=frames,
+                    counters=served.counters,
                 )
             served.done.set()
 

@@ -27,6 +27,8 @@ STATISTICS = Statistics(
     dropped=19,
     slow_disconnects=23,
     lines_too_long=29,
+    retained_lines=37,
+    retained_bytes=41,
     tasks=31,
     uptime=1.5,
 )
@@ -56,10 +58,18 @@ def test_every_number_is_exposed_under_its_name() -> None:
         (PREFIX + "slow_disconnects_total", ()): 23,
         (PREFIX + "bytes_sent_total", ()): 17,
         (PREFIX + "lines_too_long_total", ()): 29,
+        (PREFIX + "retained_lines", ()): 37,
+        (PREFIX + "retained_bytes", ()): 41,
     }
     # The process's own, which an operator watches for leaks.
     names = {name for name, _ in exposed}
     assert {"process_open_fds", "process_max_fds", "process_resident_memory_bytes"} <= names
+
+
+def test_retention_is_left_out_when_a_redis_stream_keeps_the_lines() -> None:
+    statistics = dataclasses.replace(STATISTICS, retained_lines=None, retained_bytes=None)
+    exposed = samples(exposition(registry_for(lambda: statistics)))
+    assert not {name for name, _ in exposed if "retained" in name}
 
 
 def test_help_and_type_lines_come_from_the_library() -> None:

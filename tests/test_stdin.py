@@ -40,7 +40,7 @@ class Published:
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
 
-    async def __call__(self, lines: Sequence[str]) -> None:
+    async def __call__(self, lines: Sequence[str], ids: Sequence[str] | None = None) -> None:
         self.batches.append(list(lines))
 
     @property

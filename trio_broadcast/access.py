@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
 
 from .config import Config, is_ip_address, split_host
 from .handshake import VERSION, RequestHead
@@ -79,8 +78,7 @@ def presented_token(head: RequestHead) -> str | None:
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             return credentials.strip()
-    values = parse_qs(urlsplit(head.target).query, keep_blank_values=True).get("token")
-    return values[0] if values else None
+    return head.query("token")
 
 
 def token_presented_ok(head: RequestHead, expected: str | None) -> bool:

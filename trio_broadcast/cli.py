@@ -25,6 +25,7 @@ from .config import Config, RedisSettings
 from .counters import Counters
 from .errors import StartupError
 from .options import TOKEN_VARIABLE, CommandSettings, add_options, in_flags, settings_from
+from .retention import History
 from .server import Server, serve
 from .setting import SettingError
 from .signals import StopSignals
@@ -116,6 +117,7 @@ async def run(
     source: LineSource | None,
     on_listening: Callable[[Server], None],
     counters: Counters | None = None,
+    history: History | None = None,
 ) -> None:
     """:func:`~trio_broadcast.serve`, stopped gracefully by SIGINT or SIGTERM.
 
@@ -135,7 +137,9 @@ async def run(
 
     with StopSignals(stop):
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(partial(serve, config, source, counters=counters))
+            server = await nursery.start(
+                partial(serve, config, source, counters=counters, history=history)
+            )
             on_listening(server)
             if stop_requested:  # a signal came while starting up
                 server.shutdown()
@@ -151,14 +155,16 @@ async def _run(
     async with redis_stream.connect(
         redis.url, channel=redis.channel, maxlen=redis.maxlen
     ) as stream:
+        resume = redis_stream.StreamHistory(stream)
         source = redis_stream.stream_source(
             stream,
             stdin,
             history=config.history,
             buffer=redis.buffer,
             exit_on_eof=config.exit_on_eof,
+            resume=resume,
         )
-        await run(config, source, _announce, counters)
+        await run(config, source, _announce, counters, resume)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

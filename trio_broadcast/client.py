@@ -1,12 +1,16 @@
 """One task per client: the race between its socket and its broadcast queue.
 
-After the handshake, :func:`serve_client` runs a small nursery of competing
-tasks, and whichever finishes first decides how the connection ends:
+After the handshake, :func:`serve_client` subscribes the client to the
+:class:`~trio_broadcast.broadcast.Broadcast` in the format it asked for (:class:`Wants`)
+and runs a small nursery of competing tasks, and whichever finishes first
+decides how the connection ends:
 
 * ``_receive``: read the client's messages and echo each one back (or discard
   it with ``echo=False``; reading must go on so that pings and close frames are
   still processed);
-* ``_broadcast``: wait on the client's :class:`~trio_broadcast.fanout.Subscription`
+* ``_broadcast``: for a ``trio-broadcast.v1`` client, first send the hello,
+  the gap notice if any, and the backlog (:class:`_Opening`), which the echoes
+  wait for; then wait on the client's :class:`~trio_broadcast.fanout.Subscription`
   and write whatever is queued, frames encoded once for all clients
   (:mod:`~trio_broadcast.frames`), in a single write. While the client keeps
   up, its queue stays empty: the publisher writes the frames itself through
@@ -35,12 +39,15 @@ from dataclasses import dataclass
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
+from . import subprotocol
+from .broadcast import Broadcast
 from .config import Config
 from .counters import Counters
-from .fanout import Fanout, Overflow, Subscription
+from .fanout import Overflow, Subscription
 from .frame_stream import FrameStream
-from .frames import message_frame
+from .frames import message_frame, text_frame
 from .protocol_errors import fix_close_handling
+from .retention import Evicted, History, Unavailable
 
 log = logging.getLogger("trio_broadcast")
 
@@ -69,6 +76,21 @@ FEED_ENDED = Ending(1000, "end of feed")
 INTERNAL_ERROR = Ending(1011, "internal error")
 TOO_SLOW = Ending(1008, "too slow: broadcast queue full")  # a reason fits in 123 bytes
 STUCK = Ending(ABNORMAL, "write stuck: the client stopped reading (send_timeout)")
+FELL_BEHIND = Ending(1008, "too slow: fell behind the retained lines")
+TRY_AGAIN = Ending(1013, "try again later: the history cannot be read now")
+
+BACKLOG_CHUNK = 256
+"""Lines of a resumed backlog read and written at a time: what a client catching up holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wants:
+    """The feed a client asked for in its handshake."""
+
+    v1: bool = False
+    """It speaks ``trio-broadcast.v1`` (:mod:`~trio_broadcast.subprotocol`)."""
+    since: str | None = None
+    """With ``v1``: the ID to resume after (``?since=``)."""
 
 
 def _closed_by_peer(reason: CloseReason | None) -> Ending:
@@ -91,9 +113,10 @@ class _Sender:
     :mod:`trio_broadcast.frame_stream`.
     """
 
-    def __init__(self, stream: FrameStream, counters: Counters) -> None:
+    def __init__(self, stream: FrameStream, counters: Counters, *, v1: bool = False) -> None:
         self._stream = stream
         self._counters = counters
+        self._v1 = v1
         self.sent = 0
         """Messages handed to the stream: written, or being written when it ended."""
 
@@ -124,14 +147,61 @@ class _Sender:
         await self._stream.write(frames)
         self._count(frames)
 
+    async def write(self, frames: list[bytes]) -> None:
+        """Write frames that are not messages of the feed (a hello, a gap notice): not counted."""
+        await self._stream.write(frames)
+
     async def send(self, message: str | bytes) -> None:
-        """Send one message (an echo), keeping its type."""
-        frame = message_frame(message)
+        """Send one message (an echo), keeping its type; a v1 client's text as ``echo``."""
+        if self._v1 and isinstance(message, str):
+            frame = text_frame(subprotocol.echo(message))
+        else:
+            frame = message_frame(message)
         await self._stream.write((frame,))
         self._count((frame,))
 
 
-async def _receive(ws: WebSocketConnection, sender: _Sender, echo: bool) -> Ending:
+class _Opening:
+    """What a v1 client is sent before its live feed: hello, gap notice, backlog.
+
+    :attr:`greeted` is set once the hello (and gap notice) are written: echoes
+    wait for it, so that the hello is always the first message.
+    """
+
+    def __init__(self, history: History, since: str | None, lines: int, until: str) -> None:
+        self._history = history
+        self._since = since
+        self._lines = lines
+        self._until = until
+        self.greeted = trio.Event()
+
+    async def send(self, sender: _Sender) -> Ending | None:
+        """Send it all; or return why the connection must end instead."""
+        try:
+            start = await self._history.start(self._since, self._lines, self._until)
+            greeting = [text_frame(subprotocol.hello(start.position))]
+            if start.gap is not None:
+                greeting.append(text_frame(subprotocol.gap(start.gap.since, start.gap.missed)))
+            await sender.write(greeting)
+            self.greeted.set()
+            after = start.position
+            while entries := await self._history.read(after, self._until, BACKLOG_CHUNK):
+                await sender.send_frames(
+                    [text_frame(subprotocol.line(id, line)) for id, line in entries]
+                )
+                after = entries[-1][0]
+        except Evicted:
+            return FELL_BEHIND
+        except Unavailable:
+            return TRY_AGAIN
+        return None
+
+
+async def _receive(
+    ws: WebSocketConnection, sender: _Sender, echo: bool, opening: _Opening | None
+) -> Ending:
+    if opening is not None:
+        await opening.greeted.wait()
     while True:
         try:
             message = await ws.get_message()
@@ -141,7 +211,13 @@ async def _receive(ws: WebSocketConnection, sender: _Sender, echo: bool) -> Endi
             await sender.send(message)
 
 
-async def _broadcast(subscription: Subscription[bytes], sender: _Sender) -> Ending:
+async def _broadcast(
+    subscription: Subscription[bytes], sender: _Sender, opening: _Opening | None
+) -> Ending:
+    if opening is not None:
+        ending = await opening.send(sender)
+        if ending is not None:
+            return ending
     while True:
         try:
             frames = await subscription.receive()
@@ -172,7 +248,9 @@ async def _until_cancelled() -> None:
 
 async def _race(
     ws: WebSocketConnection,
+    *,
     subscription: Subscription[bytes],
+    opening: _Opening | None,
     sender: _Sender,
     stream: FrameStream,
     config: Config,
@@ -193,8 +271,8 @@ async def _race(
         race.cancel_scope.cancel()
 
     async with trio.open_nursery() as race:
-        race.start_soon(run, lambda: _receive(ws, sender, config.echo))
-        race.start_soon(run, lambda: _broadcast(subscription, sender))
+        race.start_soon(run, lambda: _receive(ws, sender, config.echo, opening))
+        race.start_soon(run, lambda: _broadcast(subscription, sender, opening))
         race.start_soon(run, lambda: _cut_off(subscription))
         if config.ping_interval > 0:
             race.start_soon(run, lambda: _keepalive(ws, config.ping_interval))
@@ -220,18 +298,30 @@ class Report:
     """Broadcast messages it missed under ``--on-full drop``."""
 
 
+async def _subscribe(
+    broadcast: Broadcast, wants: Wants, sender: _Sender, config: Config
+) -> tuple[Subscription[bytes], _Opening | None]:
+    if not wants.v1:
+        return broadcast.subscribe_plain(sender.deliver_nowait), None
+    await broadcast.history.ready()
+    subscription, until = broadcast.subscribe_v1(sender.deliver_nowait)
+    return subscription, _Opening(broadcast.history, wants.since, config.history, until)
+
+
 async def serve_client(
     ws: WebSocketConnection,
-    fanout: Fanout[bytes],
+    broadcast: Broadcast,
     config: Config,
     *,
+    wants: Wants = Wants(),
     stop: trio.CancelScope,
     stream: FrameStream,
     counters: Counters | None = None,
 ) -> Report:
-    """Subscribe one accepted connection to ``fanout`` and serve it until it ends.
+    """Subscribe one accepted connection to ``broadcast`` and serve it until it ends.
 
-    Then close it, and report why.
+    Then close it, and report why. ``wants`` is the feed it asked for: plain
+    text, or ``trio-broadcast.v1`` messages, maybe resuming after an ID.
 
     ``stop`` is the scope the server cancels to shut this client down: the race
     runs inside it, and the close that follows runs outside it, so a shutdown
@@ -248,12 +338,24 @@ async def serve_client(
     # Does nothing if it was already called on the request, before the 101: the
     # earlier the better, since a frame parsed before it gets no close frame.
     fix_close_handling(ws, max_message_size=config.max_message_size)
-    sender = _Sender(stream, counters or Counters())
+    sender = _Sender(stream, counters or Counters(), v1=wants.v1)
     ending = GOING_AWAY
-    subscription = fanout.subscribe(deliver=sender.deliver_nowait)
+    dropped = 0
     try:
-        with stop, subscription:
-            ending = await _race(ws, subscription, sender, stream, config)
+        with stop:
+            subscription, opening = await _subscribe(broadcast, wants, sender, config)
+            with subscription:
+                try:
+                    ending = await _race(
+                        ws,
+                        subscription=subscription,
+                        opening=opening,
+                        sender=sender,
+                        stream=stream,
+                        config=config,
+                    )
+                finally:
+                    dropped = subscription.dropped
     except Exception:
         ending = INTERNAL_ERROR
         raise
@@ -265,4 +367,4 @@ async def serve_client(
                 await ws.aclose(ending.code, ending.reason)
         if dropping or closing.cancelled_caught or stream.broken:
             await stream.abort()
-    return Report(ending, sender.sent, subscription.dropped)
+    return Report(ending, sender.sent, dropped)

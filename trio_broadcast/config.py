@@ -189,8 +189,29 @@ class Config:
         Option(
             "--history",
             "a new client first receives the last N lines, then the live feed, with no gap "
-            "and no duplicate",
+            "and no duplicate; at most `--retain`",
             metavar="N",
+        ),
+    )
+    retain: int = setting(
+        10_000,
+        Count(0),
+        Option(
+            "--retain",
+            "lines kept for `trio-broadcast.v1` clients that reconnect with `?since=ID` "
+            "(see [Resuming after a disconnect](#resuming-after-a-disconnect)); with "
+            "`--redis` the stream is kept instead (`--redis-maxlen`)",
+            metavar="N",
+        ),
+    )
+    retain_bytes: int = setting(
+        16 * MiB,
+        Count(0),
+        Option(
+            "--retain-bytes",
+            "and at most this many bytes of them (each line's frame), whichever bound is "
+            "reached first",
+            metavar="BYTES",
         ),
     )
     max_clients: int | None = setting(
@@ -335,6 +356,12 @@ class Config:
         check_fields(self)
         if (self.certfile is None) != (self.keyfile is None):
             raise SettingError(("certfile", "keyfile"), "must be given together")
+        if self.history > self.retain:
+            raise SettingError(
+                ("history",),
+                f"is {self.history}, more than the {self.retain} lines retained (--retain): "
+                "a new client would be sent lines that a client resuming could not get",
+            )
 
     @property
     def tls(self) -> bool:

@@ -9,7 +9,8 @@ nursery. It reads the request head (bounded in size and time), then either
   beyond ``max_clients``, with its HTTP status, counted and logged at most once
   a second per reason;
 * or completes the WebSocket handshake on the connection's
-  :class:`~trio_broadcast.frame_stream.FrameStream` and hands over to
+  :class:`~trio_broadcast.frame_stream.FrameStream`, with the
+  ``trio-broadcast.v1`` subprotocol if the client offers it, and hands over to
   :func:`~trio_broadcast.client.serve_client`.
 
 A connected client holds one *client slot* (:meth:`Connections._client_slot`)
@@ -34,6 +35,7 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
+from . import subprotocol
 from .access import (
     ACCEPTED,
     OUT_OF_DESCRIPTORS,
@@ -42,11 +44,11 @@ from .access import (
     RefusalThrottle,
     check_handshake,
 )
-from .client import GOING_AWAY, Report, serve_client
+from .broadcast import Broadcast
+from .client import GOING_AWAY, Report, Wants, serve_client
 from .client_text import quote, redact
 from .config import Config
 from .counters import Counters
-from .fanout import Fanout
 from .frame_stream import FrameStream
 from .handshake import BadRequest, RequestHead, http_response, read_request_head, send_last
 from .protocol_errors import fix_close_handling
@@ -71,13 +73,13 @@ class Connections:
     def __init__(
         self,
         config: Config,
-        fanout: Fanout[bytes],
+        broadcast: Broadcast,
         counters: Counters,
         shutdown: Shutdown,
         site: Site,
     ) -> None:
         self._config = config
-        self._fanout = fanout
+        self._broadcast = broadcast
         self._counters = counters
         self._shutdown = shutdown
         self._site = site
@@ -98,8 +100,8 @@ class Connections:
                     with ExitStack() as slot:
                         accepted = await self._handshake(plumbing, stream, peer, slot)
                         if accepted is not None:
-                            ws, frames = accepted
-                            await self._serve_client(ws, frames, peer)
+                            ws, frames, wants = accepted
+                            await self._serve_client(ws, frames, wants, peer)
                 finally:
                     plumbing.cancel_scope.cancel()
         except* _DISCONNECTS as group:
@@ -135,12 +137,13 @@ class Connections:
 
     async def _handshake(
         self, plumbing: trio.Nursery, stream: trio.abc.Stream, peer: str, slot: ExitStack
-    ) -> tuple[WebSocketConnection, FrameStream] | None:
+    ) -> tuple[WebSocketConnection, FrameStream, Wants] | None:
         """Read the request head and answer it, within the handshake timeout.
 
         Returns the accepted WebSocket connection, whose client slot is now
-        held by ``slot``, and the stream it was made on, which from then on is
-        the only writer to ``stream``; or ``None`` once a plain HTTP request or a
+        held by ``slot``, the stream it was made on, which from then on is
+        the only writer to ``stream``, and the feed the client asked for (plain
+        or v1, and where to resume); or ``None`` once a plain HTTP request or a
         refusal has been answered, or the time ran out. A method of its own, so
         that the request's objects are freed when it returns rather than kept
         for the whole life of the connection.
@@ -172,10 +175,12 @@ class Connections:
                 )
                 # Before the 101, so that no frame of the client's is parsed without it.
                 fix_close_handling(request, max_message_size=config.max_message_size)
-                ws = await request.accept()
+                chosen = subprotocol.chosen(request.proposed_subprotocols)
+                ws = await request.accept(subprotocol=chosen)
                 self._counters.connections[ACCEPTED] += 1
                 slot.enter_context(taken.pop_all())
-                return ws, frames
+                wants = Wants(v1=chosen is not None, since=head.query(subprotocol.SINCE))
+                return ws, frames, wants
         log.debug("handshake with %s did not complete in time", peer)
         return None
 
@@ -205,16 +210,27 @@ class Connections:
             stream, http_response(refusal.status, refusal.message + "\n", refusal.headers)
         )
 
-    async def _serve_client(self, ws: WebSocketConnection, stream: FrameStream, peer: str) -> None:
-        log.info("client %s connected (%d clients)", peer, self.clients)
+    async def _serve_client(
+        self, ws: WebSocketConnection, stream: FrameStream, wants: Wants, peer: str
+    ) -> None:
+        log.info(
+            "client %s connected (%d clients)%s",
+            peer,
+            self.clients,
+            ""
+            if not wants.v1
+            else f", {subprotocol.NAME}"
+            + (f", resuming after {quote(wants.since)}" if wants.since is not None else ""),
+        )
         started = trio.current_time()
         report = Report(GOING_AWAY, 0, 0)  # what a hard stop leaves us to say
         try:
             with self._shutdown.cancels(trio.CancelScope()) as stop:
                 report = await serve_client(
                     ws,
-                    self._fanout,
+                    self._broadcast,
                     self._config,
+                    wants=wants,
                     stop=stop,
                     stream=stream,
                     counters=self._counters,

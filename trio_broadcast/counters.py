@@ -7,6 +7,7 @@ thread, so plain attributes are enough. Each count has one home:
 * :class:`Counters`: what the connections and the line source count as they go
   (messages and bytes written, long lines skipped, handshakes by result);
 * the :class:`~trio_broadcast.fanout.Fanout`: batches dropped and clients cut off;
+* the :class:`~trio_broadcast.retention.Retention`: lines and bytes kept for resuming;
 * :class:`~trio_broadcast.connection.Connections`: open connections and clients;
 * the :class:`~trio_broadcast.server.Server`: lines read, and whether input is open.
 
@@ -67,6 +68,10 @@ class Statistics:
     """Clients cut off for falling behind (``--on-full disconnect``)."""
     lines_too_long: int
     """Input lines skipped for being over ``max_line_size``."""
+    retained_lines: int | None
+    """Lines kept for clients that resume; ``None`` when a Redis stream keeps them."""
+    retained_bytes: int | None
+    """Their size (each line's frame); ``None`` when a Redis stream keeps them."""
     tasks: int
     """Trio tasks alive in the process."""
     uptime: float

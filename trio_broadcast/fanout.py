@@ -189,17 +189,25 @@ class Fanout(Generic[T]):
         """Whether :meth:`close` was called: the feed has ended."""
         return self._closed
 
-    def subscribe(self, deliver: Deliver[T] | None = None) -> Subscription[T]:
-        """Join the feed: the history first, then every batch published from now on.
+    def subscribe(
+        self, deliver: Deliver[T] | None = None, *, history: bool = True, held: bool = False
+    ) -> Subscription[T]:
+        """Join the feed: the history first (unless ``history=False``), then every
+        batch published from now on.
 
         ``deliver``, if given, is tried before the queue whenever this
         subscriber is idle: it must not block, must not raise, and returns what
         to queue instead (see :data:`Deliver`), which is queued ahead of
-        anything newer. Use the subscription as a context manager so that leaving
-        unsubscribes.
+        anything newer. With ``held=True`` it is not tried before the first
+        :meth:`~Subscription.receive`, so that the consumer can first send
+        something of its own (a resumed backlog) without being overtaken. Use
+        the subscription as a context manager so that leaving unsubscribes.
         """
         send, receive = trio.open_memory_channel[tuple[T, ...]](self.queue_size)
-        subscription = Subscription(self, send, receive, list(self._history), deliver)
+        backlog = list(self._history) if history else []
+        subscription = Subscription(self, send, receive, backlog, deliver)
+        if held:
+            subscription._clear = False
         if self._closed:
             send.close()
         else:

@@ -21,11 +21,12 @@ import base64
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import h11
 import trio
 
+from . import subprotocol
 from .client_text import SHOWN, shown
 from .frame_stream import linger
 
@@ -78,6 +79,17 @@ class RequestHead:
         if self.target.startswith("/"):
             return _QUERY_OR_FRAGMENT.split(self.target, maxsplit=1)[0]
         return urlsplit(self.target).path
+
+    def query(self, name: str) -> str | None:
+        """The first value of query parameter ``name``, if the target has one."""
+        values = parse_qs(urlsplit(self.target).query, keep_blank_values=True).get(name)
+        return values[0] if values else None
+
+    @property
+    def subprotocols(self) -> list[str]:
+        """The subprotocols offered in ``Sec-WebSocket-Protocol``, in order."""
+        value = self.header("sec-websocket-protocol") or ""
+        return [token.strip() for token in value.split(",") if token.strip()]
 
     def _tokens(self, name: str) -> set[str]:
         value = self.header(name) or ""
@@ -154,6 +166,11 @@ class RequestHead:
                 host.encode("ascii").decode("idna")
             except UnicodeError:
                 return "the Host header is not a valid host name"
+        if self.query(subprotocol.SINCE) is not None and not subprotocol.chosen(self.subprotocols):
+            return (
+                f"?{subprotocol.SINCE}= resumes a feed of IDs: it needs the "
+                f"{subprotocol.NAME} subprotocol (Sec-WebSocket-Protocol)"
+            )
         return None
 
 

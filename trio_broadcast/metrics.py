@@ -85,6 +85,17 @@ class _ServerCollector(Collector):
             ),
         ):
             yield CounterMetricFamily(PREFIX + name, documentation, value=value)
+        if now.retained_lines is not None and now.retained_bytes is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "retained_lines",
+                "Lines kept for trio-broadcast.v1 clients that resume (--retain).",
+                value=now.retained_lines,
+            )
+            yield GaugeMetricFamily(
+                PREFIX + "retained_bytes",
+                "Bytes of the lines kept for clients that resume (--retain-bytes).",
+                value=now.retained_bytes,
+            )
 
 
 def registry_for(statistics: Callable[[], Statistics]) -> CollectorRegistry:

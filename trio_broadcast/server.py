@@ -5,8 +5,9 @@
 * the accept loop (:func:`~trio_broadcast.listeners.accept_forever`, one task
   per listening socket), which starts one task per connection in the same nursery;
 * the line source (standard input, for the command), which hands each batch of
-  lines to :meth:`Server.publish`, which encodes them once and publishes them
-  into the :class:`~trio_broadcast.fanout.Fanout` (see :mod:`~trio_broadcast.source`);
+  lines to :meth:`Server.publish`, which hands them to the
+  :class:`~trio_broadcast.broadcast.Broadcast`: encoded once per format, retained
+  for clients that resume, published to every client (see :mod:`~trio_broadcast.source`);
 * the connection tasks (:meth:`~trio_broadcast.connection.Connections.serve`):
   each answers, refuses or serves one connection.
 
@@ -27,12 +28,12 @@ from types import MappingProxyType
 import trio
 
 from . import metrics
+from .broadcast import Broadcast
 from .config import Config
 from .connection import Connections
 from .counters import Counters, Statistics
-from .fanout import Fanout
-from .frames import encode_lines
 from .listeners import DescriptorReserve, accept_forever, open_listeners, url
+from .retention import History
 from .shutdown import Shutdown
 from .source import LineSource
 from .web import Site
@@ -47,14 +48,16 @@ class Server:
     """A running server, as returned by ``await nursery.start(serve, config)``."""
 
     def __init__(
-        self, config: Config, urls: tuple[str, ...], counters: Counters | None = None
+        self,
+        config: Config,
+        urls: tuple[str, ...],
+        counters: Counters | None = None,
+        history: History | None = None,
     ) -> None:
         self.config = config
         self.urls = urls
         """One ``ws://`` or ``wss://`` URL per listening socket."""
-        self._fanout: Fanout[bytes] = Fanout(
-            queue_size=config.queue_size, on_full=config.on_full, history=config.history
-        )
+        self._broadcast = Broadcast(config, history)
         self._input_open = True
         self._lines_read = 0
         self._counters = counters or Counters()
@@ -66,7 +69,9 @@ class Server:
         self._drops_reported_at = -DROP_REPORT_INTERVAL
         self._registry = metrics.registry_for(self.statistics)
         site = Site(config, self._health, self._metrics)
-        self._connections = Connections(config, self._fanout, self._counters, self._shutdown, site)
+        self._connections = Connections(
+            config, self._broadcast, self._counters, self._shutdown, site
+        )
 
     @property
     def port(self) -> int:
@@ -85,6 +90,7 @@ class Server:
         :mod:`trio_broadcast.counters` for where each count lives.
         """
         counters = self._counters
+        retention = self._broadcast.retention
         return Statistics(
             clients=self._connections.clients,
             connections=self._connections.open,
@@ -93,9 +99,11 @@ class Server:
             input_open=self._input_open,
             delivered=counters.delivered,
             bytes_sent=counters.bytes_sent,
-            dropped=self._fanout.dropped,
-            slow_disconnects=self._fanout.overflows,
+            dropped=self._broadcast.dropped,
+            slow_disconnects=self._broadcast.overflows,
             lines_too_long=counters.lines_too_long,
+            retained_lines=None if retention is None else retention.lines,
+            retained_bytes=None if retention is None else retention.bytes,
             tasks=trio.lowlevel.current_statistics().tasks_living,
             uptime=trio.current_time() - self._started_at,
         )
@@ -108,31 +116,34 @@ class Server:
         """
         self._shutdown.request()
 
-    async def publish(self, lines: Sequence[str]) -> None:
+    async def publish(self, lines: Sequence[str], ids: Sequence[str] | None = None) -> None:
         """Broadcast ``lines`` to every client, then let the clients run.
 
-        Each line is encoded into its WebSocket frame here, once for all clients.
+        Each line is encoded here, once per format for all clients. ``ids``
+        name the lines when the source keeps the history (``history`` of
+        :func:`serve`); otherwise the server numbers and retains them.
 
         Never waits on a client: the checkpoint after publishing is what lets
         client tasks write before the next batch arrives.
         """
-        self._fanout.publish(encode_lines(lines))
+        self._broadcast.publish(lines, ids)
         self._lines_read += len(lines)
         self._report_drops()
         await trio.lowlevel.checkpoint()
 
     def _report_drops(self) -> None:
         now = trio.current_time()
+        dropped = self._broadcast.dropped
         if (
-            self._fanout.dropped > self._drops_reported
+            dropped > self._drops_reported
             and now - self._drops_reported_at >= DROP_REPORT_INTERVAL
         ):
             log.warning(
                 "dropped %d messages for slow clients (--on-full drop); %d in all",
-                self._fanout.dropped - self._drops_reported,
-                self._fanout.dropped,
+                dropped - self._drops_reported,
+                dropped,
             )
-            self._drops_reported = self._fanout.dropped
+            self._drops_reported = dropped
             self._drops_reported_at = now
 
     async def _accept(
@@ -166,7 +177,7 @@ class Server:
             if self.config.exit_on_eof:
                 # Clients drain their queues and close with 1000; once the
                 # last one has, serve() returns.
-                self._fanout.close()
+                self._broadcast.close()
                 self._accepting.cancel()
 
     def _health(self) -> dict[str, object]:
@@ -187,6 +198,7 @@ async def serve(
     source: LineSource | None = None,
     *,
     counters: Counters | None = None,
+    history: History | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket clients until stopped; supports ``nursery.start``.
@@ -198,10 +210,13 @@ async def serve(
     ``config.exit_on_eof`` is set. Raises :class:`~trio_broadcast.errors.StartupError`
     when it cannot listen or load its certificate. ``counters`` lets a line source
     count into the same numbers that ``/metrics`` reports (``read_lines`` counts
-    long lines).
+    long lines). ``history`` is where resuming clients' lines are read from when
+    ``source`` keeps them and names each line (a Redis stream:
+    :class:`~trio_broadcast.redis_stream.StreamHistory`); by default the server
+    retains them itself (``config.retain``, ``config.retain_bytes``).
     """
     listeners = await open_listeners(config)
-    server = Server(config, tuple(url(listener) for listener in listeners), counters)
+    server = Server(config, tuple(url(listener) for listener in listeners), counters, history)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server._accept, listeners, nursery)
         if source is not None:

@@ -13,6 +13,8 @@ The package is in three layers, each module importing only from those below:
 * :mod:`~trio_broadcast.redis_stream.feed`: the publisher (:func:`append_from`),
   the reader (:class:`Follower`) and the line source joining them
   (:func:`stream_source`);
+* :mod:`~trio_broadcast.redis_stream.history`: :class:`StreamHistory`, the
+  stream as the history that resuming clients read, by entry ID;
 * :mod:`~trio_broadcast.redis_stream.adapter`: :func:`connect` and
   :class:`RedisStream`, one method per conversation with Redis; the only
   module that imports coredis (an optional extra, imported when
@@ -43,6 +45,7 @@ from .entries import (
     stream_key,
 )
 from .feed import APPEND_LINES, BLOCK_MS, READ_COUNT, Follower, append_from, stream_source
+from .history import StreamHistory
 from .retrying import Backoff
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "Follower",
     "Gap",
     "RedisStream",
+    "StreamHistory",
     "append_from",
     "connect",
     "decode_entry",

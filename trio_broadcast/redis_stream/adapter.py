@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..errors import StartupError
-from .entries import Cursor, EntryId, decode_entry, encode_line, stream_key
+from .entries import ORIGIN, Cursor, EntryId, decode_entry, encode_line, stream_key
 from .retrying import why
 
 if TYPE_CHECKING:
@@ -140,21 +140,53 @@ class RedisStream:
         info = await self._info()
         return (0, 0) if info is None else (info[0], info[1])
 
-    async def latest(self, count: int) -> tuple[Cursor, list[str]]:
+    async def latest(self, count: int) -> tuple[Cursor, list[tuple[EntryId, str]]]:
         """A reader's starting point: the stream's end, and its last ``count`` lines."""
         info = await self._info()
         if info is None:
             return Cursor(), []
-        added, _length, last = info
-        lines: list[str] = []
+        added, _length, last, _start = info
+        lines: list[tuple[EntryId, str]] = []
         if count:
             with trio.fail_after(REQUEST_TIMEOUT):
                 entries = await self.client.xrevrange(self.key, end=str(last), count=count)
             for entry in reversed(entries):
                 line = decode_entry(entry.field_values)
                 if line is not None:
-                    lines.append(line)
+                    lines.append((EntryId.parse(entry.identifier), line))
         return Cursor(last, added), lines
+
+    async def start(self) -> EntryId:
+        """Where the stream starts: the last entry trimmed from it, or ``0-0``.
+
+        Every entry after it is still in the stream (``MAXLEN`` trims the oldest first).
+        """
+        info = await self._info()
+        return ORIGIN if info is None else info[3]
+
+    async def has(self, entry: EntryId) -> bool:
+        """Whether ``entry`` is in the stream."""
+        with trio.fail_after(REQUEST_TIMEOUT):
+            found = await self.client.xrange(self.key, str(entry), str(entry), count=1)
+        return bool(found)
+
+    async def before(self, until: EntryId, count: int) -> EntryId | None:
+        """The entry just before the last ``count`` up to ``until``; ``None`` if there are
+        no more than ``count`` entries up to ``until``."""
+        with trio.fail_after(REQUEST_TIMEOUT):
+            entries = await self.client.xrevrange(self.key, str(until), "-", count=count + 1)
+        return EntryId.parse(entries[-1].identifier) if len(entries) > count else None
+
+    async def between(
+        self, after: EntryId, until: EntryId, count: int
+    ) -> list[tuple[EntryId, str | None]]:
+        """Up to ``count`` entries after ``after`` (exclusive), up to ``until`` (inclusive)."""
+        with trio.fail_after(REQUEST_TIMEOUT):
+            entries = await self.client.xrange(self.key, f"({after}", str(until), count=count)
+        return [
+            (EntryId.parse(entry.identifier), decode_entry(entry.field_values))
+            for entry in entries
+        ]
 
     async def read(
         self, after: EntryId, count: int, block_ms: int
@@ -170,7 +202,8 @@ class RedisStream:
             for entry in entries
         ]
 
-    async def _info(self) -> tuple[int, int, EntryId] | None:
+    async def _info(self) -> tuple[int, int, EntryId, EntryId] | None:
+        """``entries-added``, ``length``, ``last-generated-id``, ``max-deleted-entry-id``."""
         from coredis.exceptions import ResponseError
 
         try:
@@ -180,7 +213,24 @@ class RedisStream:
             if "no such key" in str(exc).lower():
                 return None
             raise
-        return info["entries-added"], info["length"], EntryId.parse(info["last-generated-id"])
+        return (
+            info["entries-added"],
+            info["length"],
+            EntryId.parse(info["last-generated-id"]),
+            _reply_id(info["max-deleted-entry-id"]),
+        )
+
+
+def _reply_id(value: object) -> EntryId:
+    """An entry ID in an ``XINFO STREAM`` reply.
+
+    coredis 6.9 returns some of them as the ``str()`` of their bytes
+    (``"b'0-0'"``), and may stop doing so in a later release: both are read.
+    """
+    text = value.decode("ascii") if isinstance(value, bytes) else str(value)
+    if text.startswith("b'") and text.endswith("'"):
+        text = text[2:-1]
+    return EntryId.parse(text)
 
 
 def where(stream: RedisStream) -> str:

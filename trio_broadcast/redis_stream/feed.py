@@ -4,7 +4,9 @@ With ``--redis``, an instance's standard input is appended to the stream by
 :func:`append_from` (a bounded buffer, then backpressure on its source), and
 every instance, this one included, follows the stream with a :class:`Follower`,
 publishing what it reads into its own fan-out. :func:`stream_source` puts the
-two together as the server's line source. Both sides retry through
+two together as the server's line source, and hands the reader's position to
+the :class:`~trio_broadcast.redis_stream.history.StreamHistory` that resuming
+clients read from. Both sides retry through
 :func:`~trio_broadcast.redis_stream.retrying.retry` while Redis is away: the
 publisher keeps what it could not append, in order; the reader keeps its
 clients connected and resumes after the last entry it delivered.
@@ -22,6 +24,7 @@ import trio
 from ..source import LineSource, Publish
 from .adapter import RedisStream, unreachable, where
 from .entries import Cursor, EntryId, Gap
+from .history import StreamHistory
 from .retrying import Backoff, Link, retry
 
 log = logging.getLogger("trio_broadcast")
@@ -54,7 +57,8 @@ async def append_from(
     link = Link("publisher", where(stream))
     last: EntryId | None = None
 
-    async def publish(lines: Sequence[str]) -> None:
+    async def publish(lines: Sequence[str], ids: Sequence[str] | None = None) -> None:
+        # The stream names the lines; whatever names a source gives are not kept.
         try:
             send.send_nowait(lines)
         except trio.WouldBlock:
@@ -95,8 +99,11 @@ async def append_from(
 class Follower:
     """Reads the stream from where it left off and publishes each read as one batch.
 
-    Start it with ``await nursery.start(follower.run)``: that returns once the
-    last ``history`` lines are published, so they come before anything live.
+    Each line is published with its entry ID. Start it with
+    ``await nursery.start(follower.run)``: that returns once the last
+    ``history`` lines are published, so they come before anything live.
+    :attr:`cursor` ``.last`` is then the last entry published, with no
+    checkpoint between moving it and publishing.
     """
 
     def __init__(
@@ -129,19 +136,21 @@ class Follower:
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
-        self.cursor, lines = await self._retry(partial(self._stream.latest, self._history))
-        if lines:
-            await self._publish(lines)
+        self.cursor, history = await self._retry(partial(self._stream.latest, self._history))
+        if history:
+            await self._publish([line for _, line in history], [str(id) for id, _ in history])
         task_status.started()
         while True:
             entries = await self._retry(self._read, on_error=self._check_for_gaps)
-            lines = []
+            lines: list[str] = []
+            ids: list[str] = []
             for entry_id, line in entries:
                 self.cursor.advance(entry_id)
                 if line is not None:
                     lines.append(line)
+                    ids.append(str(entry_id))
             if lines:
-                await self._publish(lines)
+                await self._publish(lines, ids)
             # A full read means it is behind: check that it is not behind the trimming.
             self._check = len(entries) == self._count
             self._progress.set()
@@ -195,18 +204,23 @@ def stream_source(
     history: int,
     buffer: int,
     exit_on_eof: bool = False,
+    resume: StreamHistory | None = None,
 ) -> LineSource:
     """The server's line source with Redis: follow the stream; append ``stdin`` to it.
 
     It returns only with ``exit_on_eof``, once ``stdin`` has ended and every
     line it read has come back from the stream and been published; otherwise
-    the instance keeps serving the stream after its own input ends.
+    the instance keeps serving the stream after its own input ends. ``resume``,
+    the server's history (``history`` of :func:`~trio_broadcast.serve`), learns
+    the reader's position once it has started.
     """
 
     async def source(publish: Publish) -> None:
         follower = Follower(stream, publish, history=history)
         async with trio.open_nursery() as nursery:
             await nursery.start(follower.run)
+            if resume is not None:
+                resume.follow(lambda: follower.cursor.last)
             if stdin is None:
                 return
             last = await append_from(stdin, stream, buffer=buffer)

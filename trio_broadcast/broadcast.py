@@ -1,0 +1,93 @@
+"""The broadcast: each line encoded once per format, published to the clients of that format.
+
+A line reaches clients in one of two formats: a bare text frame for plain
+clients, or a ``line`` message with its ID for ``trio-broadcast.v1`` clients
+(:mod:`trio_broadcast.subprotocol`). :class:`Broadcast` holds one
+:class:`~trio_broadcast.fanout.Fanout` per format, encodes each batch once
+for all clients of a format, and keeps the :class:`~trio_broadcast.retention.History`
+that resuming clients read from: this server's :class:`~trio_broadcast.retention.Retention`,
+which it fills as lines are published, or a Redis stream, which names the lines itself.
+
+The ``line`` messages are encoded only while a v1 client is connected: a server
+with plain clients only pays for the retention, not for a second encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from . import subprotocol
+from .config import Config
+from .fanout import Deliver, Fanout, Subscription
+from .frames import encode_lines, text_frame
+from .retention import History, Retention
+
+
+class Broadcast:
+    """Publish lines to plain and v1 clients alike; see the module's docstring."""
+
+    def __init__(self, config: Config, history: History | None = None) -> None:
+        self.plain: Fanout[bytes] = Fanout(
+            queue_size=config.queue_size, on_full=config.on_full, history=config.history
+        )
+        """Bare text frames, with the last ``history`` lines for each new client."""
+        self.v1: Fanout[bytes] = Fanout(queue_size=config.queue_size, on_full=config.on_full)
+        """``line`` messages; a v1 client's history comes from :attr:`history` instead."""
+        self.retention: Retention | None = None
+        """This server's own retention, or ``None`` when the source keeps the history."""
+        if history is None:
+            self.retention = history = Retention(config.retain, config.retain_bytes)
+        self.history = history
+        """Where a v1 client's history and resumed backlog are read from."""
+
+    def publish(self, lines: Sequence[str], ids: Sequence[str] | None = None) -> None:
+        """Publish one batch in both formats; never waits (see :meth:`Fanout.publish`).
+
+        ``ids`` are the lines' IDs when the source names them (a Redis stream),
+        and ``None`` when this server does (it then retains the lines).
+        """
+        frames = encode_lines(lines)
+        if self.retention is not None:
+            first = self.retention.extend(lines, [len(frame) for frame in frames])
+            if self.v1.subscribers:
+                ids = [self.retention.id(number) for number in range(first, first + len(lines))]
+        elif ids is None:
+            raise ValueError("a source that keeps the history must name its lines")
+        if self.v1.subscribers and ids is not None:
+            self.v1.publish(
+                [
+                    text_frame(subprotocol.line(id, line))
+                    for id, line in zip(ids, lines, strict=True)
+                ]
+            )
+        self.plain.publish(frames)
+
+    def subscribe_plain(self, deliver: Deliver[bytes]) -> Subscription[bytes]:
+        """Join as a plain client: the history, then the live feed."""
+        return self.plain.subscribe(deliver)
+
+    def subscribe_v1(self, deliver: Deliver[bytes]) -> tuple[Subscription[bytes], str]:
+        """Join as a v1 client: live lines after the position returned, which is
+        where its backlog (:meth:`History.read`) ends. Nothing comes through
+        ``deliver`` before the subscription's first :meth:`~Subscription.receive`,
+        so the backlog goes out first."""
+        return self.v1.subscribe(deliver, history=False, held=True), self.history.position()
+
+    def close(self) -> None:
+        """End the feed for every client (see :meth:`Fanout.close`)."""
+        self.plain.close()
+        self.v1.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.plain.closed
+
+    @property
+    def dropped(self) -> int:
+        """Messages skipped for slow clients under ``--on-full drop``, both formats."""
+        return self.plain.dropped + self.v1.dropped
+
+    @property
+    def overflows(self) -> int:
+        """Clients cut off for falling behind, both formats."""
+        return self.plain.overflows + self.v1.overflows

@@ -1,0 +1,92 @@
+"""The stream as the history of resuming clients: IDs that mean the same on every instance.
+
+With ``--redis``, a line's ID is its stream entry ID, and the lines retained
+for clients that resume are the stream itself (up to ``--redis-maxlen``), read
+with ``XRANGE``. So a ``trio-broadcast.v1`` client that reconnects through a
+load balancer to another instance, or to its own after a restart, resumes
+exactly where it left off, as long as the stream still holds the lines after its ID.
+
+:class:`StreamHistory` is the :class:`~trio_broadcast.retention.History` the
+server reads from (see that module for the questions it answers). Its position
+is the :class:`~trio_broadcast.redis_stream.feed.Follower`'s: the last entry
+published into this instance's fan-out. A resume is exact when no entry after
+the client's ID has been trimmed, and the ID is one of this stream's: an entry
+still in it, or the last one trimmed. An ID from elsewhere (another stream, a
+stream that Redis lost and started again, or this server without ``--redis``)
+gets a gap notice with an unknown count, and so does one older than what the
+stream keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from ..retention import Evicted, Gap, Start, Unavailable
+from .adapter import RedisStream, unreachable
+from .entries import EntryId
+
+T = TypeVar("T")
+
+
+class StreamHistory:
+    """The :class:`~trio_broadcast.retention.History` of a Redis stream."""
+
+    def __init__(self, stream: RedisStream) -> None:
+        self._stream = stream
+        self._position: Callable[[], EntryId] | None = None
+        self._following = trio.Event()
+
+    def follow(self, position: Callable[[], EntryId]) -> None:
+        """Called by the line source once its reader has published its first read:
+        ``position()`` is the last entry it published, from now on."""
+        self._position = position
+        self._following.set()
+
+    async def ready(self) -> None:
+        await self._following.wait()
+
+    def position(self) -> str:
+        assert self._position is not None, "position() before ready()"
+        return str(self._position())
+
+    async def start(self, since: str | None, history: int, until: str) -> Start:
+        end = EntryId.parse(until)
+        if since is None:
+            if history == 0:
+                return Start(until)
+            before = await self._ask(self._stream.before, end, history)
+            return Start(
+                str(before if before is not None else await self._ask(self._stream.start))
+            )
+        start = await self._ask(self._stream.start)
+        try:
+            after = EntryId.parse(since)
+        except ValueError:
+            return Start(str(start), Gap(since, None))
+        if after <= end and (after == start or await self._ask(self._stream.has, after)):
+            return Start(str(after))
+        # Older than the stream's start (its lines were trimmed), or not one of its IDs.
+        return Start(str(start), Gap(since, None))
+
+    async def read(self, after: str, until: str, limit: int) -> list[tuple[str, str]]:
+        position, end = EntryId.parse(after), EntryId.parse(until)
+        while True:
+            entries = await self._ask(self._stream.between, position, end, limit)
+            if position < await self._ask(self._stream.start):
+                # Entries after it may have been trimmed before they were read.
+                raise Evicted(f"entries after {after} were trimmed from the stream")
+            if not entries:
+                return []
+            lines = [(str(entry), line) for entry, line in entries if line is not None]
+            if lines:
+                return lines
+            position = entries[-1][0]  # only entries that are not ours: read on
+
+    async def _ask(self, call: Callable[..., Awaitable[T]], *args: object) -> T:
+        try:
+            return await call(*args)
+        except unreachable() as exc:
+            raise Unavailable(f"cannot read the stream {self._stream.key!r}: {exc!r}") from exc
