@@ -154,7 +154,7 @@ def typecheck(session: nox.Session) -> None:
     )
 
 
-BENCH_DEPS = ["websockets>=15", "trio>=0.25"]
+BENCH_DEPS = ["websockets>=15", "trio>=0.25", "trustme>=1.1"]
 
 
 @nox.session(python=PYTHON)

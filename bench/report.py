@@ -92,6 +92,8 @@ class Row:
     lower_is_better: bool
     ceiling: str | None = None
     """The load generator's ceiling this headline compares with: "broadcast" or "echo"."""
+    idle_ok: bool = False
+    """The row reads a cell that only connected (C1, or the echo-only floor in S3)."""
 
 
 def _params(results: Result, scenario: str) -> Result:
@@ -201,6 +203,18 @@ def connect_cell(cell: Result) -> str:
     return f"{connect.get('connect_rate', 0):,.0f} /s{_connected_note(cell)}"
 
 
+def connect_time_cell(cell: Result) -> str:
+    connect = cell.get("connect") or {}
+    return (
+        f"{connect.get('connect_s', 0):.1f} s ({connect.get('connect_rate', 0):,.0f} /s)"
+        f"{_connected_note(cell)}"
+    )
+
+
+def scale_rss_cell(cell: Result) -> str:
+    return f"{rss_cell(cell)}; {mb(cell.get('rss_connected_kb'))} MB in all"
+
+
 def s4_cell(cell: Result) -> str:
     lat = cell.get("latency") or {}
     if cell.get("stuck_dropped"):
@@ -289,6 +303,23 @@ ROWS = [
         ceiling="broadcast",
     ),
     Row(
+        "T1",
+        lambda r: "T1: S1 over wss:// (TLS): p50 / p99 / max latency, delivered",
+        s1_cell,
+        _p99,
+        "p99",
+        lower_is_better=True,
+    ),
+    Row(
+        "T2",
+        lambda r: "T2: S2 over wss:// (TLS): deliveries/s, delivered",
+        s2_cell,
+        lambda c: c.get("deliveries_per_s"),
+        "deliveries/s",
+        lower_is_better=False,
+        ceiling="broadcast",
+    ),
+    Row(
         "S3",
         lambda r: f"S3: {_n(r, 'S3')} clients, 10 lines/s: p99 latency, delivered",
         s3_cell,
@@ -303,6 +334,7 @@ ROWS = [
         lambda c: c.get("rss_per_connection_kb"),
         "KB/conn",
         lower_is_better=True,
+        idle_ok=True,
     ),
     Row(
         "S3",
@@ -313,6 +345,7 @@ ROWS = [
         lambda c: _get(c, "connect", "connect_rate"),
         "conn/s",
         lower_is_better=False,
+        idle_ok=True,
     ),
     Row(
         "S4",
@@ -340,6 +373,27 @@ ROWS = [
         lambda c: c.get("round_trips_per_s"),
         "rt/s",
         lower_is_better=False,
+    ),
+    Row(
+        "C1",
+        lambda r: f"C1: {_n(r, 'C1')} idle clients: server RSS per connection, and in all",
+        scale_rss_cell,
+        lambda c: c.get("rss_per_connection_kb"),
+        "KB/conn",
+        lower_is_better=True,
+        idle_ok=True,
+    ),
+    Row(
+        "C1",
+        lambda r: (
+            f"C1: connect time of the {_n(r, 'C1')} clients, {_concurrency(r)} handshakes in "
+            "flight"
+        ),
+        connect_time_cell,
+        lambda c: _get(c, "connect", "connect_rate"),
+        "conn/s",
+        lower_is_better=False,
+        idle_ok=True,
     ),
 ]
 
@@ -373,6 +427,8 @@ def render_cell(row: Row, cell: Result | None, ceiling: float | None = None) -> 
     if not cell.get("ok"):
         reason = str(cell.get("error", "failed")).replace("|", "/").replace("\n", " ")
         return f"n/a ({reason[:120]})"
+    if cell.get("idle") and not row.idle_ok:
+        return "n/a (echo only: broadcasts nothing)"
     try:
         text = row.cell(cell) + _marks(cell)
     except (TypeError, ValueError, KeyError) as exc:
@@ -385,6 +441,8 @@ def render_cell(row: Row, cell: Result | None, ceiling: float | None = None) -> 
 
 def ratio(row: Row, subject: Result | None, peer: Result | None) -> str:
     if not subject or not peer or not subject.get("ok") or not peer.get("ok"):
+        return NONE
+    if not row.idle_ok and (subject.get("idle") or peer.get("idle")):
         return NONE
     a, b = row.headline(subject), row.headline(peer)
     if a is None or b is None or b == 0:
@@ -421,6 +479,84 @@ def table(results: Result) -> str:
             for p in peers
         ]
         lines.append("| " + " | ".join([row.title(results), *rendered, *ratios]) + " |")
+    return "\n".join(lines)
+
+
+FLOOR = "trio-websocket-alone"
+"""The floor: trio-websocket accepting and echoing, nothing else (bench/peers)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Issue 14's target for one figure: trio-broadcast ÷ the floor, in the same run."""
+
+    title: str
+    scenario: str
+    headline: Callable[[Result], float | None]
+    limit: float
+    lower_is_better: bool
+    figure: Callable[[float], str]
+
+
+TARGETS = [
+    Target(
+        "RSS per idle connection (S3)",
+        "S3",
+        lambda c: c.get("rss_per_connection_kb"),
+        1.2,
+        lower_is_better=True,
+        figure=lambda v: f"{v:.1f} KB",
+    ),
+    Target(
+        "connect rate (S3)",
+        "S3",
+        lambda c: _get(c, "connect", "connect_rate"),
+        0.9,
+        lower_is_better=False,
+        figure=lambda v: f"{v:,.0f} /s",
+    ),
+    Target(
+        "echo round trips/s (S5)",
+        "S5",
+        lambda c: c.get("round_trips_per_s"),
+        0.95,
+        lower_is_better=False,
+        figure=lambda v: f"{rate(v)}/s",
+    ),
+]
+
+
+def _figure(target: Target, cell: Result | None) -> float | None:
+    if not cell or not cell.get("ok"):
+        return None
+    value = target.headline(cell)
+    return float(value) if value else None
+
+
+def floor_table(results: Result) -> str | None:
+    """trio-broadcast against the floor, with issue 14's targets; ``None`` if not both ran."""
+    servers = results.get("servers", [])
+    ran = {sc["id"] for sc in results.get("scenarios", [])}
+    targets = [t for t in TARGETS if t.scenario in ran]
+    if SUBJECT not in servers or FLOOR not in servers or not targets:
+        return None
+    cells = results.get("results", {})
+    lines = [
+        f"| against the floor, same run | {SUBJECT} | {FLOOR} | ratio | target | |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for target in targets:
+        ours = _figure(target, cells.get(SUBJECT, {}).get(target.scenario))
+        floor = _figure(target, cells.get(FLOOR, {}).get(target.scenario))
+        limit = f"{'≤' if target.lower_is_better else '≥'} {target.limit:g}{TIMES}"
+        if ours is None or floor is None:
+            verdict, shown = "not measured", NONE
+        else:
+            value = ours / floor
+            met = value <= target.limit if target.lower_is_better else value >= target.limit
+            verdict, shown = ("pass" if met else "**fail**"), f"{value:.2f}{TIMES}"
+        figures = [NONE if v is None else target.figure(v) for v in (ours, floor)]
+        lines.append(f"| {target.title} | {' | '.join(figures)} | {shown} | {limit} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -480,16 +616,19 @@ def notes(results: Result) -> str:
 
 
 def render(results: Result) -> str:
-    return "\n\n".join(
-        [machine_line(results), ceiling_line(results), table(results), notes(results)]
-    )
+    parts = [machine_line(results), ceiling_line(results), table(results)]
+    if (against_floor := floor_table(results)) is not None:
+        parts.append(against_floor)
+    return "\n\n".join([*parts, notes(results)])
 
 
 def progress_line(scenario: str, cell: Result) -> str:
     """One short line per finished cell, printed while the run goes on."""
     if not cell.get("ok"):
         return f"n/a ({cell.get('error')})"
-    row = next(row for row in ROWS if row.scenario == scenario)
+    row = next(
+        row for row in ROWS if row.scenario == scenario and (row.idle_ok or not cell.get("idle"))
+    )
     cpu = cell.get("cpu") or {}
     return (
         f"{render_cell(row, cell)}  [server {cpu.get('server_cpu_pct', 0):.0f} %, "

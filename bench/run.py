@@ -64,8 +64,8 @@ MEASURE_FROM = 1_000_000_000
 knows which is which from the number alone."""
 SERVER_CORE = 0
 LOAD_CORE = 1
-CONNECT_CONCURRENCY = 50
-"""Handshakes the load generator keeps in flight while connecting."""
+CONNECT_CONCURRENCY = 64
+"""Handshakes the load generator keeps in flight while connecting (issue 14's figure)."""
 THROUGHPUT_LATENCY_SAMPLE = 16
 """S2 and the ceiling time one line in this many (the load generator's cost per message)."""
 QUIET_PCT = 10.0
@@ -127,6 +127,29 @@ class Scenario:
     rss_track: bool = False
     redis: bool = False
     """Through Redis: stdin → a publisher instance → Redis → two serving instances."""
+    tls: bool = False
+    """wss://: the server gets a certificate (``--certfile``), the load generator trusts it."""
+    idle: bool = False
+    """Connect, read the server's memory, and stop: no lines, no measured window."""
+    extra: bool = False
+    """Not in the default set: runs only when named in ``--scenarios``."""
+
+
+SCALE_CLIENTS = 20_000
+FD_MARGIN = 100
+"""Descriptors left for the rest of a process (its listener, pipes, epoll, Node's own)."""
+
+
+def scale_clients() -> int:
+    """C1's client count: 20,000, or fewer if ``RLIMIT_NOFILE`` cannot hold them.
+
+    Each side holds every connection in one process; the hard limit (which only a
+    privileged process can raise) decides. Call after :func:`raise_fd_limit`.
+    """
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return SCALE_CLIENTS
+    return max(0, min(SCALE_CLIENTS, soft - FD_MARGIN))
 
 
 def scenarios(timing: Timing) -> list[Scenario]:
@@ -139,14 +162,31 @@ def scenarios(timing: Timing) -> list[Scenario]:
         Scenario("S5", clients=100, rate=0, line_size=32, mode="echo"),
         Scenario("R1", clients=100, rate=1000, line_size=64, redis=True),
         Scenario("R2", clients=100, rate=None, line_size=64, redis=True),
+        Scenario("T1", clients=100, rate=1000, line_size=64, tls=True),
+        Scenario("T2", clients=100, rate=None, line_size=64, tls=True),
+        Scenario(
+            "C1",
+            clients=scale_clients(),
+            rate=0,
+            line_size=64,
+            rss_per_connection=True,
+            idle=True,
+            extra=True,
+        ),
     ]
 
 
+def default_scenarios(timing: Timing) -> list[Scenario]:
+    """What runs without ``--scenarios``: all but the long extras (C1)."""
+    return [sc for sc in scenarios(timing) if not sc.extra]
+
+
 def _scenario_json(sc: Scenario) -> Result:
-    """A scenario's parameters for the results; ``redis`` only where it is set."""
+    """A scenario's parameters for the results; the flags only where they are set."""
     fields = asdict(sc)
-    if not sc.redis:
-        del fields["redis"]
+    for flag in ("redis", "tls", "idle", "extra"):
+        if not fields[flag]:
+            del fields[flag]
     return fields
 
 
@@ -160,6 +200,42 @@ class ServerSpec:
     redis_command: Callable[[int, str, bool], list[str]] | None = None
     """(port, Redis URL, reads stdin) -> argv of an instance sharing its feed through
     Redis; ``None``: the server has no Redis mode (R scenarios read n/a)."""
+    tls_command: Callable[[int, Certificate], list[str]] | None = None
+    """(port, certificate) -> argv of the server on wss://; ``None``: T scenarios read n/a."""
+    broadcasts: bool = True
+    """``False``: an echo server only (the floor); it takes part in the scenarios about
+    what a connection costs (S3's memory and connect rate, S5, C1), the others read n/a."""
+
+    def argv(self, port: int, sc: Scenario, certificate: Certificate | None) -> list[str]:
+        if not sc.tls:
+            return self.command(port)
+        if self.tls_command is None or certificate is None:
+            raise BenchError("no TLS mode")
+        return self.tls_command(port, certificate)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A server certificate for the T scenarios, and the CA the load generator trusts."""
+
+    certfile: Path
+    keyfile: Path
+    ca: Path
+
+
+def make_certificate(directory: Path) -> Certificate:
+    """A throwaway CA and a certificate for 127.0.0.1 from it (trustme), in ``directory``."""
+    try:
+        import trustme  # noqa: PLC0415 (only the T scenarios need it)
+    except ImportError:
+        raise BenchError("trustme is not installed (pip install trustme)") from None
+    ca = trustme.CA()
+    leaf = ca.issue_cert(HOST)
+    paths = Certificate(directory / "cert.pem", directory / "key.pem", directory / "ca.pem")
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(paths.certfile))
+    leaf.private_key_pem.write_to_path(str(paths.keyfile))
+    ca.cert_pem.write_to_path(str(paths.ca))
+    return paths
 
 
 def server_specs() -> dict[str, ServerSpec]:
@@ -176,10 +252,19 @@ def server_specs() -> dict[str, ServerSpec]:
     def trio_broadcast_redis(port: int, url: str, stdin: bool) -> list[str]:
         return [*trio_broadcast(port), "--redis", url, *([] if stdin else ["--no-stdin"])]
 
+    def trio_broadcast_tls(port: int, cert: Certificate) -> list[str]:
+        files = ["--certfile", str(cert.certfile), "--keyfile", str(cert.keyfile)]
+        return [*trio_broadcast(port), *files]
+
     return {
         spec.name: spec
         for spec in [
-            ServerSpec("trio-broadcast", trio_broadcast, trio_broadcast_redis),
+            ServerSpec("trio-broadcast", trio_broadcast, trio_broadcast_redis, trio_broadcast_tls),
+            ServerSpec(
+                "trio-websocket-alone",
+                lambda port: [python, str(peers / "trio_websocket_alone.py"), "--port", str(port)],
+                broadcasts=False,
+            ),
             ServerSpec(
                 "websockets-asyncio",
                 lambda port: [python, str(peers / "websockets_asyncio.py"), "--port", str(port)],
@@ -327,6 +412,9 @@ class Context:
     quiet_budget: float
     """Seconds, over the whole run, that may be spent waiting for other load to pass."""
     quiet_waited: float = 0.0
+    certificate: Certificate | None = None
+    """For the T scenarios; ``None``: not needed, or could not be made (see ``no_tls``)."""
+    no_tls: str = "no certificate"
 
     def wait_for_quiet(self) -> float:
         """Before a cell: wait (bounded) until other processes leave the CPUs alone.
@@ -362,12 +450,17 @@ class Context:
         *,
         max_seconds: float,
         latency_every: int = 1,
+        tls: bool = False,
     ) -> dict[str, Any]:
         # Several ports: the clients are split evenly across them (client i on
-        # the (i mod n)-th).
-        where = {"urls": [f"ws://{HOST}:{p}/" for p in port]} if isinstance(port, list) else {}
+        # the (i mod n)-th). With TLS the load generator trusts the run's CA
+        # through NODE_EXTRA_CA_CERTS (set in the environment with the certificate).
+        scheme = "wss" if tls else "ws"
+        where = (
+            {"urls": [f"{scheme}://{HOST}:{p}/" for p in port]} if isinstance(port, list) else {}
+        )
         return {
-            "url": f"ws://{HOST}:{port if isinstance(port, int) else port[0]}/",
+            "url": f"{scheme}://{HOST}:{port if isinstance(port, int) else port[0]}/",
             **where,
             "clients": clients,
             "mode": mode,
@@ -687,15 +780,19 @@ def run_broadcast(ctx: Context, spec: ServerSpec, sc: Scenario) -> Result:
     port = free_port()
     connect_budget = 10.0 + sc.clients / 100
     max_seconds = connect_budget + timing.warmup + timing.measure + timing.drain + 30
+    # An echo-only server (the floor) takes part in S3 for its memory and connect
+    # rate: it connects, is measured, and stops there.
+    idle = sc.idle or (not spec.broadcasts and sc.mode != "echo")
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(ctx.child(spec.name, spec.command(port), SERVER_CORE))
+        argv = spec.argv(port, sc, ctx.certificate)
+        server = stack.enter_context(ctx.child(spec.name, argv, SERVER_CORE))
         wait_for_port(port, server)
         time.sleep(0.2)
         rss_before = rss_kb(server.pid)
         # Where throughput is the point (S2), time a sample of the lines only.
         every = THROUGHPUT_LATENCY_SAMPLE if sc.rate is None else 1
         lg_config = ctx.loadgen(
-            port, sc.clients, sc.mode, max_seconds=max_seconds, latency_every=every
+            port, sc.clients, sc.mode, max_seconds=max_seconds, latency_every=every, tls=sc.tls
         )
         loadgen = start_loadgen(ctx, stack, lg_config)
         connected = wait_connected(loadgen, connect_budget + 10)
@@ -708,6 +805,9 @@ def run_broadcast(ctx: Context, spec: ServerSpec, sc: Scenario) -> Result:
             result["rss_before_kb"] = rss_before
             result["rss_connected_kb"] = rss_after
             result["rss_per_connection_kb"] = (rss_after - rss_before) / connected["connected"]
+        if idle:
+            result["idle"] = True
+            return result
         stuck = StuckClient(port) if sc.stuck else None
         if stuck is not None:
             stack.callback(stuck.close)
@@ -1021,6 +1121,12 @@ def retry_ceiling(ctx: Context, results: Result) -> None:
 def run_cell(ctx: Context, spec: ServerSpec, sc: Scenario) -> Result:
     if sc.redis and spec.redis_command is None:
         return {"ok": False, "error": "no Redis mode", "not_applicable": True}
+    if sc.tls and spec.tls_command is None:
+        return {"ok": False, "error": "no TLS mode here", "not_applicable": True}
+    if sc.tls and ctx.certificate is None:
+        return {"ok": False, "error": ctx.no_tls}
+    if not spec.broadcasts and not (sc.mode == "echo" or sc.rss_per_connection):
+        return {"ok": False, "error": "echo only: broadcasts nothing", "not_applicable": True}
     if time.monotonic() > ctx.deadline:
         return {"ok": False, "error": "skipped: run time budget spent"}
     background = ctx.wait_for_quiet()
@@ -1161,8 +1267,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         default="all",
-        help="comma-separated scenario ids, e.g. S1,S5 or R1,R2 (through Redis; "
-        "trio-broadcast only) (default: all)",
+        help="comma-separated scenario ids, e.g. S1,S5, R1,R2 (through Redis; "
+        "trio-broadcast only), T1,T2 (wss://), or C1 (20,000 idle clients; not in the "
+        "default set) (default: all but C1)",
     )
     parser.add_argument("--out", type=Path, help="results file (default: timestamped)")
     parser.add_argument(
@@ -1212,10 +1319,17 @@ def main(argv: list[str] | None = None) -> int:
         deadline=started + timing.budget,
         quiet_budget=args.wait_quiet if args.wait_quiet is not None else timing.quiet_budget,
     )
-    chosen = scenarios(timing)
+    chosen = default_scenarios(timing)
     if args.scenarios != "all":
         wanted = {s.strip() for s in args.scenarios.split(",")}
-        chosen = [sc for sc in chosen if sc.id in wanted]
+        chosen = [sc for sc in scenarios(timing) if sc.id in wanted]
+    if any(sc.tls for sc in chosen):
+        try:
+            ctx.certificate = make_certificate(log_dir)
+        except BenchError as exc:
+            ctx.no_tls = str(exc)
+        else:
+            env["NODE_EXTRA_CA_CERTS"] = str(ctx.certificate.ca)
     specs = server_specs()
 
     results: Result = {
@@ -1245,7 +1359,8 @@ def main(argv: list[str] | None = None) -> int:
         if "ceiling" in results:
             retry_ceiling(ctx, results)
     results["run_seconds"] = time.monotonic() - started
-    complete = set(args.server_list) == set(specs) and len(chosen) == len(scenarios(timing))
+    defaults = {sc.id for sc in default_scenarios(timing)}
+    complete = set(args.server_list) == set(specs) and defaults <= {sc.id for sc in chosen}
     out = save(results, args.out, stamp, quick=args.quick, complete=complete)
     print()
     print(report.render(results))
