@@ -53,7 +53,10 @@ class Server:
         self.urls = urls
         """One ``ws://`` or ``wss://`` URL per listening socket."""
         self._fanout: Fanout[bytes] = Fanout(
-            queue_size=config.queue_size, on_full=config.on_full, history=config.history
+            queue_size=config.queue_size,
+            on_full=config.on_full,
+            history=config.history,
+            max_wait=config.max_wait,
         )
         self._input_open = True
         self._lines_read = 0
@@ -113,13 +116,13 @@ class Server:
 
         Each line is encoded into its WebSocket frame here, once for all clients.
 
-        Never waits on a client: the checkpoint after publishing is what lets
-        client tasks write before the next batch arrives.
+        Never waits on a client, except under ``--on-full wait`` (at most
+        ``config.max_wait``); publishing ends with a checkpoint, which is what
+        lets client tasks write before the next batch arrives.
         """
-        self._fanout.publish(encode_lines(lines))
+        await self._fanout.publish_waiting(encode_lines(lines))
         self._lines_read += len(lines)
         self._report_drops()
-        await trio.lowlevel.checkpoint()
 
     def _report_drops(self) -> None:
         now = trio.current_time()
