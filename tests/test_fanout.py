@@ -345,7 +345,8 @@ async def test_wait_cuts_off_only_who_is_still_full_at_the_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(60):
-        fanout = Fanout[int](queue_size=1, on_full=OnFull.WAIT, max_wait=5.0)
+        waits: list[int] = []
+        fanout = Fanout[int](queue_size=1, on_full=OnFull.WAIT, max_wait=5.0, on_wait=waits.append)
         with (
             fanout.subscribe() as stuck,
             fanout.subscribe() as also_stuck,
@@ -369,6 +370,7 @@ async def test_wait_cuts_off_only_who_is_still_full_at_the_deadline(
             assert also_stuck.overflowed
             assert not slow.overflowed
             assert (fanout.waits, fanout.overflows, fanout.subscribers) == (1, 2, 1)
+            assert waits == [3]  # reported as the wait began, with who was full
             with pytest.raises(Overflow):
                 await stuck.receive()
             # slow made room at 2 s, while the publisher still waited for the

@@ -26,6 +26,7 @@ STATISTICS = Statistics(
     bytes_sent=17,
     dropped=19,
     slow_disconnects=23,
+    waited=2.5,
     lines_too_long=29,
     tasks=31,
     uptime=1.5,
@@ -54,6 +55,7 @@ def test_every_number_is_exposed_under_its_name() -> None:
         (PREFIX + "messages_delivered_total", ()): 13,
         (PREFIX + "messages_dropped_total", ()): 19,
         (PREFIX + "slow_disconnects_total", ()): 23,
+        (PREFIX + "input_wait_seconds_total", ()): 2.5,
         (PREFIX + "bytes_sent_total", ()): 17,
         (PREFIX + "lines_too_long_total", ()): 29,
     }

@@ -168,7 +168,10 @@ class Fanout(Generic[T]):
         on_full: OnFull = OnFull.DISCONNECT,
         history: int = 0,
         max_wait: float = 5.0,
+        on_wait: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_wait``, if given, is called with the number of full subscribers
+        each time a publish starts waiting for room (to report it)."""
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
         if history < 0:
@@ -178,6 +181,7 @@ class Fanout(Generic[T]):
         self.queue_size = queue_size
         self.on_full = on_full
         self.max_wait = max_wait
+        self._on_wait = on_wait
         self._history: deque[T] = deque(maxlen=history)
         # A dict rather than a set: publishing visits subscribers in the order
         # they joined, which keeps runs reproducible.
@@ -302,6 +306,8 @@ class Fanout(Generic[T]):
         began = trio.current_time()
         deadline = began + self.max_wait
         self.waits += 1
+        if self._on_wait is not None:
+            self._on_wait(len(full))
         try:
             for subscription, item in full:
                 if not await _send_by(deadline, subscription._send, item):

@@ -40,7 +40,7 @@ from .web import Site
 log = logging.getLogger("trio_broadcast")
 
 DROP_REPORT_INTERVAL = 10.0
-"""Seconds between two warnings about messages dropped for slow clients."""
+"""Seconds between two warnings about slow clients: messages dropped, or waits for room."""
 
 
 class Server:
@@ -57,6 +57,7 @@ class Server:
             on_full=config.on_full,
             history=config.history,
             max_wait=config.max_wait,
+            on_wait=self._report_wait,
         )
         self._input_open = True
         self._lines_read = 0
@@ -67,6 +68,7 @@ class Server:
         self._accepting = trio.CancelScope()
         self._drops_reported = 0
         self._drops_reported_at = -DROP_REPORT_INTERVAL
+        self._wait_reported_at = -DROP_REPORT_INTERVAL
         self._registry = metrics.registry_for(self.statistics)
         site = Site(config, self._health, self._metrics)
         self._connections = Connections(config, self._fanout, self._counters, self._shutdown, site)
@@ -98,6 +100,7 @@ class Server:
             bytes_sent=counters.bytes_sent,
             dropped=self._fanout.dropped,
             slow_disconnects=self._fanout.overflows,
+            waited=self._fanout.waited,
             lines_too_long=counters.lines_too_long,
             tasks=trio.lowlevel.current_statistics().tasks_living,
             uptime=trio.current_time() - self._started_at,
@@ -137,6 +140,22 @@ class Server:
             )
             self._drops_reported = self._fanout.dropped
             self._drops_reported_at = now
+
+    def _report_wait(self, full: int) -> None:
+        now = trio.current_time()
+        if now - self._wait_reported_at >= DROP_REPORT_INTERVAL:
+            fanout = self._fanout
+            log.warning(
+                "the feed waits for %d slow client%s, at most %g s (--on-full wait); "
+                "%d waits, %.1f s in all so far, %d clients cut off",
+                full,
+                "" if full == 1 else "s",
+                fanout.max_wait,
+                fanout.waits,
+                fanout.waited,
+                fanout.overflows,
+            )
+            self._wait_reported_at = now
 
     async def _accept(
         self, listeners: list[trio.abc.Listener[trio.abc.Stream]], nursery: trio.Nursery
