@@ -127,6 +127,10 @@ class Scenario:
     rss_track: bool = False
     redis: bool = False
     """Through Redis: stdin → a publisher instance → Redis → two serving instances."""
+    options: tuple[str, ...] = ()
+    """More options for trio-broadcast; the peers have none to match and run as usual."""
+    optional: bool = False
+    """Run only when named in ``--scenarios``, not in ``all``."""
 
 
 def scenarios(timing: Timing) -> list[Scenario]:
@@ -139,14 +143,24 @@ def scenarios(timing: Timing) -> list[Scenario]:
         Scenario("S5", clients=100, rate=0, line_size=32, mode="echo"),
         Scenario("R1", clients=100, rate=1000, line_size=64, redis=True),
         Scenario("R2", clients=100, rate=None, line_size=64, redis=True),
+        # S2 with backpressure: every line to every client, at the slowest one's pace.
+        Scenario(
+            "S2W",
+            clients=100,
+            rate=None,
+            line_size=64,
+            options=("--on-full", "wait"),
+            optional=True,
+        ),
     ]
 
 
 def _scenario_json(sc: Scenario) -> Result:
-    """A scenario's parameters for the results; ``redis`` only where it is set."""
+    """A scenario's parameters for the results; ``redis``, ``options``, ``optional`` if set."""
     fields = asdict(sc)
-    if not sc.redis:
-        del fields["redis"]
+    for name in ("redis", "options", "optional"):
+        if not fields[name]:
+            del fields[name]
     return fields
 
 
@@ -688,7 +702,8 @@ def run_broadcast(ctx: Context, spec: ServerSpec, sc: Scenario) -> Result:
     connect_budget = 10.0 + sc.clients / 100
     max_seconds = connect_budget + timing.warmup + timing.measure + timing.drain + 30
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(ctx.child(spec.name, spec.command(port), SERVER_CORE))
+        command = [*spec.command(port), *(sc.options if spec.name == report.SUBJECT else ())]
+        server = stack.enter_context(ctx.child(spec.name, command, SERVER_CORE))
         wait_for_port(port, server)
         time.sleep(0.2)
         rss_before = rss_kb(server.pid)
@@ -1162,7 +1177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scenarios",
         default="all",
         help="comma-separated scenario ids, e.g. S1,S5 or R1,R2 (through Redis; "
-        "trio-broadcast only) (default: all)",
+        "trio-broadcast only) or S2W (S2 with --on-full wait; not in all) (default: all)",
     )
     parser.add_argument("--out", type=Path, help="results file (default: timestamped)")
     parser.add_argument(
@@ -1212,10 +1227,11 @@ def main(argv: list[str] | None = None) -> int:
         deadline=started + timing.budget,
         quiet_budget=args.wait_quiet if args.wait_quiet is not None else timing.quiet_budget,
     )
-    chosen = scenarios(timing)
+    everyone = [sc for sc in scenarios(timing) if not sc.optional]
+    chosen = everyone
     if args.scenarios != "all":
         wanted = {s.strip() for s in args.scenarios.split(",")}
-        chosen = [sc for sc in chosen if sc.id in wanted]
+        chosen = [sc for sc in scenarios(timing) if sc.id in wanted]
     specs = server_specs()
 
     results: Result = {
@@ -1245,7 +1261,7 @@ def main(argv: list[str] | None = None) -> int:
         if "ceiling" in results:
             retry_ceiling(ctx, results)
     results["run_seconds"] = time.monotonic() - started
-    complete = set(args.server_list) == set(specs) and len(chosen) == len(scenarios(timing))
+    complete = set(args.server_list) == set(specs) and chosen == everyone
     out = save(results, args.out, stamp, quick=args.quick, complete=complete)
     print()
     print(report.render(results))
