@@ -183,6 +183,22 @@ def s2_cell(cell: Result) -> str:
     return text
 
 
+def s2w_cell(cell: Result) -> str:
+    """S2 with ``--on-full wait``: what counts is every line to every client."""
+    feed = cell.get("feed") or {}
+    connected = cell.get("clients_connected") or 0
+    open_ = cell.get("clients_open_at_end") or 0
+    text = (
+        f"{rate(cell.get('deliveries_per_s'))}/s (stdin {rate(feed.get('lines_per_s'))} lines/s); "
+        f"{pct(cell.get('delivered_pct'))} of the lines to all {connected} clients"
+    )
+    if cell.get("gaps"):
+        text += f", {cell['gaps']:,.0f} gaps"
+    if connected > open_:
+        text += f", {connected - open_} closed by server ({_codes(cell)})"
+    return text
+
+
 def s3_cell(cell: Result) -> str:
     lat = cell.get("latency") or {}
     if trouble := _trouble(cell):
@@ -314,6 +330,18 @@ ROWS = [
         "T2",
         lambda r: "T2: S2 over wss:// (TLS): deliveries/s, delivered",
         s2_cell,
+        lambda c: c.get("deliveries_per_s"),
+        "deliveries/s",
+        lower_is_better=False,
+        ceiling="broadcast",
+    ),
+    Row(
+        "S2W",
+        lambda r: (
+            f"S2W: S2 with `--on-full wait` ({_n(r, 'S2W')} clients; the others as in S2): "
+            "deliveries/s, lines delivered to every client"
+        ),
+        s2w_cell,
         lambda c: c.get("deliveries_per_s"),
         "deliveries/s",
         lower_is_better=False,

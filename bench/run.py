@@ -133,6 +133,8 @@ class Scenario:
     """Connect, read the server's memory, and stop: no lines, no measured window."""
     extra: bool = False
     """Not in the default set: runs only when named in ``--scenarios``."""
+    options: tuple[str, ...] = ()
+    """More options for trio-broadcast; the peers have none to match and run as usual."""
 
 
 SCALE_CLIENTS = 20_000
@@ -173,6 +175,15 @@ def scenarios(timing: Timing) -> list[Scenario]:
             idle=True,
             extra=True,
         ),
+        # S2 with backpressure: every line to every client, at the slowest one's pace.
+        Scenario(
+            "S2W",
+            clients=100,
+            rate=None,
+            line_size=64,
+            options=("--on-full", "wait"),
+            extra=True,
+        ),
     ]
 
 
@@ -184,7 +195,7 @@ def default_scenarios(timing: Timing) -> list[Scenario]:
 def _scenario_json(sc: Scenario) -> Result:
     """A scenario's parameters for the results; the flags only where they are set."""
     fields = asdict(sc)
-    for flag in ("redis", "tls", "idle", "extra"):
+    for flag in ("redis", "tls", "idle", "extra", "options"):
         if not fields[flag]:
             del fields[flag]
     return fields
@@ -784,7 +795,10 @@ def run_broadcast(ctx: Context, spec: ServerSpec, sc: Scenario) -> Result:
     # rate: it connects, is measured, and stops there.
     idle = sc.idle or (not spec.broadcasts and sc.mode != "echo")
     with contextlib.ExitStack() as stack:
-        argv = spec.argv(port, sc, ctx.certificate)
+        argv = [
+            *spec.argv(port, sc, ctx.certificate),
+            *(sc.options if spec.name == report.SUBJECT else ()),
+        ]
         server = stack.enter_context(ctx.child(spec.name, argv, SERVER_CORE))
         wait_for_port(port, server)
         time.sleep(0.2)
@@ -1268,8 +1282,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scenarios",
         default="all",
         help="comma-separated scenario ids, e.g. S1,S5, R1,R2 (through Redis; "
-        "trio-broadcast only), T1,T2 (wss://), or C1 (20,000 idle clients; not in the "
-        "default set) (default: all but C1)",
+        "trio-broadcast only), T1,T2 (wss://); not in the default set: C1 (20,000 idle "
+        "clients) and S2W (S2 with --on-full wait) (default: all but those)",
     )
     parser.add_argument("--out", type=Path, help="results file (default: timestamped)")
     parser.add_argument(

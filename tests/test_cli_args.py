@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "port": 8000,
     "queue_size": 16,
     "on_full": OnFull.DISCONNECT,
+    "max_wait": 5.0,
     "history": 0,
     "retain": 10_000,
     "retain_bytes": 16 * 1024 * 1024,
@@ -129,6 +130,11 @@ def test_config_default_tls_off_and_frozen() -> None:
         ("host", "", ValueError),
         ("on_full", "drop", TypeError),
         ("on_full", None, TypeError),
+        ("max_wait", 0, ValueError),
+        ("max_wait", -1.0, ValueError),
+        ("max_wait", math.inf, ValueError),
+        ("max_wait", math.nan, ValueError),
+        ("max_wait", "5", TypeError),
     ],
 )
 def test_config_rejects_bad_value_naming_it(
@@ -209,6 +215,8 @@ def test_config_tls_files_come_in_pairs(name: str, value: str) -> None:
         ("close_timeout", 60.0),
         ("host", "::1"),
         ("on_full", OnFull.DROP),
+        ("on_full", OnFull.WAIT),
+        ("max_wait", 0.001),
     ],
 )
 def test_config_accepts_boundary_values(name: str, value: object) -> None:
@@ -243,6 +251,9 @@ def test_no_options_give_the_documented_defaults() -> None:
         (["--queue-size", "500"], {"queue_size": 500}),
         (["--on-full", "drop"], {"on_full": OnFull.DROP}),
         (["--on-full", "disconnect"], {"on_full": OnFull.DISCONNECT}),
+        (["--on-full", "wait"], {"on_full": OnFull.WAIT}),
+        (["--max-wait", "0.5"], {"max_wait": 0.5}),
+        (["--max-wait", "30"], {"max_wait": 30.0}),
         (["--history", "0"], {"history": 0}),
         (["--history", "25"], {"history": 25}),
         (["--retain", "0"], {"retain": 0}),
@@ -360,6 +371,7 @@ def test_every_option_is_covered() -> None:
         "--port",
         "--queue-size",
         "--on-full",
+        "--max-wait",
         "--history",
         "--retain",
         "--retain-bytes",
@@ -418,6 +430,10 @@ def test_log_level_default() -> None:
         (["--max-line-size", "-1"], ["--max-line-size", "-1"]),
         (["--on-full", "nonsense"], ["--on-full", "'nonsense'"]),
         (["--on-full", "DROP"], ["--on-full", "'DROP'"]),
+        (["--max-wait", "0"], ["--max-wait", "more than 0"]),
+        (["--max-wait", "-1"], ["--max-wait", "-1"]),
+        (["--max-wait", "inf"], ["--max-wait", "inf"]),
+        (["--max-wait", "forever"], ["--max-wait", "'forever'"]),
         (["--ping-interval", "-1"], ["--ping-interval", "-1"]),
         (["--ping-interval", "nan"], ["--ping-interval", "nan"]),
         (["--ping-interval", "inf"], ["--ping-interval", "inf"]),
@@ -459,4 +475,4 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     out, _ = capsys.readouterr()
     for option in ("--port", "--on-full", "--history", "--no-echo", "--exit-on-eof"):
         assert option in out
-    assert "{disconnect,drop}" in out
+    assert "{disconnect,drop,wait}" in out

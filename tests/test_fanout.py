@@ -7,18 +7,24 @@ and no duplicate, even when N exceeds the queue size), the ``DROP`` policy
 (only the full subscriber is cut off, with :class:`Overflow`), :meth:`Fanout.close`
 (queued messages delivered, then :class:`trio.EndOfChannel`), publishing after
 close, empty publishes, unsubscribing, the ``deliver`` fast path, a cancelled
-receive, and a Hypothesis-driven random interleaving of publish, subscribe (with and
-without the fast path), unsubscribe, receive (at once, waiting in a task, cancelled)
-and close, checked step by step against a model of every subscriber and at the end
-against the guarantees of :mod:`trio_broadcast.fanout`: order, no duplicate, history
-then the live feed with no gap, and the full-queue policy for the full subscriber only.
+receive, the ``WAIT`` policy (the publisher waits for room, at most ``max_wait``
+for all the full subscribers together, then cuts off who is still full; it can
+be cancelled; a later publish never overtakes a waiting one), and a
+Hypothesis-driven random interleaving of publish, subscribe (with and without
+the fast path), unsubscribe, receive (at once, waiting in a task, cancelled) and
+close, checked step by step against a model of every subscriber and at the end
+against the guarantees of :mod:`trio_broadcast.fanout`: order, no duplicate,
+history then the live feed with no gap, and the full-queue policy (the two that
+never wait) for the full subscriber only.
 
 Every test is bounded by ``trio.fail_after``; tasks are synchronised with
-:func:`trio.testing.wait_all_tasks_blocked`, never with sleeps.
+:func:`trio.testing.wait_all_tasks_blocked`, never with sleeps (the deadline
+tests run on Trio's autojump clock).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -124,6 +130,9 @@ def test_constructor_validates() -> None:
         Fanout[int](queue_size=0)
     with pytest.raises(ValueError, match="history"):
         Fanout[int](history=-1)
+    for max_wait in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="max_wait"):
+            Fanout[int](max_wait=max_wait)
 
 
 # -------------------------------------------------------------------- history
@@ -293,6 +302,180 @@ async def test_cut_off_wakes_a_waiting_task() -> None:
                 assert woke == ["slow"]
                 nursery.cancel_scope.cancel()
         assert fast.overflowed is False
+
+
+# --------------------------------------------------------------------- WAIT
+
+
+class Publisher:
+    """Runs :meth:`Fanout.publish_waiting` in a task and says when it has returned."""
+
+    def __init__(self, nursery: trio.Nursery, fanout: Fanout[int]) -> None:
+        self._nursery = nursery
+        self._fanout = fanout
+        self.done: list[list[int]] = []
+
+    def start(self, batch: list[int]) -> None:
+        async def publish() -> None:
+            await self._fanout.publish_waiting(batch)
+            self.done.append(batch)
+
+        self._nursery.start_soon(publish)
+
+
+async def test_wait_holds_the_publisher_until_the_full_subscriber_has_room() -> None:
+    with trio.fail_after(5):
+        fanout = Fanout[int](queue_size=1, on_full=OnFull.WAIT)
+        with fanout.subscribe() as slow, fanout.subscribe() as fast:
+            await fanout.publish_waiting([1])
+            assert await fast.receive() == [1]
+            async with trio.open_nursery() as nursery:
+                publisher = Publisher(nursery, fanout)
+                publisher.start([2])
+                await trio.testing.wait_all_tasks_blocked()
+                assert publisher.done == []  # slow's queue still holds [1]
+                assert await fast.receive() == [2]  # the others are served meanwhile
+                assert await slow.receive() == [1, 2]  # room: the waiting batch goes in
+            assert publisher.done == [[2]]
+            assert not slow.overflowed
+            assert (fanout.waits, fanout.overflows, fanout.dropped) == (1, 0, 0)
+
+
+async def test_wait_cuts_off_only_who_is_still_full_at_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        waits: list[int] = []
+        fanout = Fanout[int](queue_size=1, on_full=OnFull.WAIT, max_wait=5.0, on_wait=waits.append)
+        with (
+            fanout.subscribe() as stuck,
+            fanout.subscribe() as also_stuck,
+            fanout.subscribe() as slow,
+        ):
+            await fanout.publish_waiting([1])
+            received: list[int] = []
+
+            async def read_late() -> None:
+                await trio.sleep(2.0)
+                received.extend(await slow.receive())
+
+            began = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_late)
+                await fanout.publish_waiting([2])
+            # One deadline for the whole publish, however many are full.
+            assert trio.current_time() - began == pytest.approx(5.0)
+            assert fanout.waited == pytest.approx(5.0)
+            assert stuck.overflowed
+            assert also_stuck.overflowed
+            assert not slow.overflowed
+            assert (fanout.waits, fanout.overflows, fanout.subscribers) == (1, 2, 1)
+            assert waits == [3]  # reported as the wait began, with who was full
+            with pytest.raises(Overflow):
+                await stuck.receive()
+            # slow made room at 2 s, while the publisher still waited for the
+            # stuck ones: its batch went in then, deadline or not.
+            assert received == [1]
+            assert await slow.receive() == [2]
+            await fanout.publish_waiting([3])  # the feed goes on, without waiting
+            assert await slow.receive() == [3]
+            assert fanout.waits == 1
+
+
+async def test_cancelling_a_waiting_publish_ends_it_at_once_and_cuts_nobody_off() -> None:
+    with trio.fail_after(5):
+        fanout = Fanout[int](queue_size=1, on_full=OnFull.WAIT, max_wait=3600.0)
+        with fanout.subscribe() as stuck:
+            await fanout.publish_waiting([1])
+            with trio.CancelScope() as scope:
+
+                async def cancel_once_waiting() -> None:
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(cancel_once_waiting)
+                    await fanout.publish_waiting([2])
+                    pytest.fail("the wait was not interrupted")
+            assert scope.cancelled_caught
+            assert not stuck.overflowed
+            assert fanout.overflows == 0
+            assert fanout.waits == 1
+            assert 0 <= fanout.waited < 5
+            assert await stuck.receive() == [1]  # [2] was never queued
+            await fanout.publish_waiting([3])
+            assert await stuck.receive() == [3]
+
+
+async def test_a_later_publish_never_overtakes_a_waiting_one() -> None:
+    with trio.fail_after(5):
+        fanout = Fanout[int](queue_size=1, on_full=OnFull.WAIT)
+        tried: list[tuple[int, ...]] = []
+
+        def deliver(batch: tuple[int, ...]) -> tuple[int, ...]:
+            tried.append(batch)
+            return batch  # the socket is busy: queue it all
+
+        # Subscribed in this order, so the publisher waits for first, then second.
+        with fanout.subscribe() as first, fanout.subscribe(deliver) as second:
+            await fanout.publish_waiting([1])
+            received: list[int] = []
+            async with trio.open_nursery() as nursery:
+                publisher = Publisher(nursery, fanout)
+                publisher.start([2])  # waits for first; second is full too
+                await trio.testing.wait_all_tasks_blocked()
+                received += await second.receive()  # second has room now...
+                publisher.start([3])  # ...but [3] must wait its turn
+
+                async def consume() -> None:
+                    while len(received) < 3:
+                        received.extend(await second.receive())
+
+                nursery.start_soon(consume)  # second is idle and waiting: clear
+                await trio.testing.wait_all_tasks_blocked()
+                assert publisher.done == []
+                assert received == [1]
+                assert await first.receive() == [1, 2]
+                await trio.testing.wait_all_tasks_blocked()
+                assert await first.receive() == [3]
+            assert publisher.done == [[2], [3]]
+            assert received == [1, 2, 3]
+            assert tried == [(1,), (3,)]  # the fast path only while second was clear
+            assert fanout.overflows == 0
+
+
+async def test_a_subscriber_that_leaves_while_waited_for_is_not_cut_off() -> None:
+    with trio.fail_after(5):
+        fanout = Fanout[int](queue_size=1, on_full=OnFull.WAIT, max_wait=3600.0)
+        leaving = fanout.subscribe()
+        await fanout.publish_waiting([1])
+        async with trio.open_nursery() as nursery:
+            publisher = Publisher(nursery, fanout)
+            publisher.start([2])
+            await trio.testing.wait_all_tasks_blocked()
+            leaving.close()
+        assert publisher.done == [[2]]
+        assert not leaving.overflowed
+        assert fanout.overflows == 0
+
+
+async def test_publish_waiting_under_the_other_policies_never_waits() -> None:
+    with trio.fail_after(5):
+        for on_full in (OnFull.DISCONNECT, OnFull.DROP):
+            fanout = Fanout[int](queue_size=1, on_full=on_full)
+            with fanout.subscribe() as sub:
+                await fanout.publish_waiting([1])
+                await fanout.publish_waiting([2])
+                assert sub.overflowed is (on_full is OnFull.DISCONNECT)
+                assert fanout.dropped == (1 if on_full is OnFull.DROP else 0)
+                assert fanout.waits == 0
+
+
+def test_publish_without_waiting_is_refused_under_wait() -> None:
+    fanout = Fanout[int](on_full=OnFull.WAIT)
+    with pytest.raises(RuntimeError, match="publish_waiting"):
+        fanout.publish([1])
+    assert fanout.published == 0
 
 
 # ------------------------------------------------------------------ closing
@@ -873,7 +1056,7 @@ class Driver:
     data=st.data(),
     queue_size=st.integers(1, 4),
     history=st.integers(0, 5),
-    on_full=st.sampled_from(OnFull),
+    on_full=st.sampled_from([OnFull.DISCONNECT, OnFull.DROP]),  # WAIT: below
 )
 async def test_any_interleaving_keeps_order_history_and_isolation(
     data: st.DataObject, queue_size: int, history: int, on_full: OnFull

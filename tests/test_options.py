@@ -91,7 +91,11 @@ def test_a_rule_between_settings_names_the_options() -> None:
         (Seconds(zero_allowed=True), "inf", "must be 0 or more seconds, not inf"),
         (Seconds(), "soon", "'soon' is not a number of seconds"),
         (Choice(("a", "b")), "c", "invalid choice: 'c' (choose from 'a', 'b')"),
-        (Member(OnFull), "DROP", "invalid choice: 'DROP' (choose from 'disconnect', 'drop')"),
+        (
+            Member(OnFull),
+            "DROP",
+            "invalid choice: 'DROP' (choose from 'disconnect', 'drop', 'wait')",
+        ),
     ],
 )
 def test_a_kind_reads_text_with_the_words_of_its_check(

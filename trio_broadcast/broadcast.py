@@ -14,11 +14,13 @@ with plain clients only pays for the retention, not for a second encoding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import trio
 
 from . import subprotocol
-from .config import Config
-from .fanout import Deliver, Fanout, Subscription
+from .config import Config, OnFull
+from .fanout import Deliver, Fanout, Held, Subscription
 from .frames import encode_lines, text_frame
 from .retention import History, Retention
 
@@ -26,12 +28,27 @@ from .retention import History, Retention
 class Broadcast:
     """Publish lines to plain and v1 clients alike; see the module's docstring."""
 
-    def __init__(self, config: Config, history: History | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        history: History | None = None,
+        *,
+        on_wait: Callable[[int], None] | None = None,
+    ) -> None:
         self.plain: Fanout[bytes] = Fanout(
-            queue_size=config.queue_size, on_full=config.on_full, history=config.history
+            queue_size=config.queue_size,
+            on_full=config.on_full,
+            history=config.history,
+            max_wait=config.max_wait,
+            on_wait=on_wait,
         )
         """Bare text frames, with the last ``history`` lines for each new client."""
-        self.v1: Fanout[bytes] = Fanout(queue_size=config.queue_size, on_full=config.on_full)
+        self.v1: Fanout[bytes] = Fanout(
+            queue_size=config.queue_size,
+            on_full=config.on_full,
+            max_wait=config.max_wait,
+            on_wait=on_wait,
+        )
         """``line`` messages; a v1 client's history comes from :attr:`history` instead."""
         self.retention: Retention | None = None
         """This server's own retention, or ``None`` when the source keeps the history."""
@@ -39,13 +56,34 @@ class Broadcast:
             self.retention = history = Retention(config.retain, config.retain_bytes)
         self.history = history
         """Where a v1 client's history and resumed backlog are read from."""
+        self._max_wait = config.max_wait
+        self._publishing = trio.StrictFIFOLock()
 
-    def publish(self, lines: Sequence[str], ids: Sequence[str] | None = None) -> None:
-        """Publish one batch in both formats; never waits (see :meth:`Fanout.publish`).
+    async def publish(self, lines: Sequence[str], ids: Sequence[str] | None = None) -> None:
+        """Publish one batch in both formats, then checkpoint.
 
+        Never waits on a client, except under ``--on-full wait``: then at most
+        ``max_wait`` for both formats together (see :meth:`Fanout.publish_waiting`).
         ``ids`` are the lines' IDs when the source names them (a Redis stream),
         and ``None`` when this server does (it then retains the lines).
+
+        Retaining a batch and handing it to both fan-outs happen with no
+        checkpoint in between, so that a v1 client subscribing meanwhile
+        (:meth:`subscribe_v1`) gets each line once: in its backlog or live.
         """
+        if self.plain.on_full is not OnFull.WAIT:
+            self._publish(lines, ids)
+        else:
+            async with self._publishing:
+                held_v1, held_plain = self._publish(lines, ids)
+                deadline = trio.current_time() + self._max_wait
+                await self.v1.wait_for_room(held_v1, deadline)
+                await self.plain.wait_for_room(held_plain, deadline)
+        await trio.lowlevel.checkpoint()
+
+    def _publish(
+        self, lines: Sequence[str], ids: Sequence[str] | None
+    ) -> tuple[Held[bytes], Held[bytes]]:
         frames = encode_lines(lines)
         if self.retention is not None:
             first = self.retention.extend(lines, [len(frame) for frame in frames])
@@ -53,14 +91,11 @@ class Broadcast:
                 ids = [self.retention.id(number) for number in range(first, first + len(lines))]
         elif ids is None:
             raise ValueError("a source that keeps the history must name its lines")
+        held_v1: Held[bytes] = []
         if self.v1.subscribers and ids is not None:
-            self.v1.publish(
-                [
-                    text_frame(subprotocol.line(id, line))
-                    for id, line in zip(ids, lines, strict=True)
-                ]
-            )
-        self.plain.publish(frames)
+            messages = [subprotocol.line(i, line) for i, line in zip(ids, lines, strict=True)]
+            held_v1 = self.v1.publish_held([text_frame(message) for message in messages])
+        return held_v1, self.plain.publish_held(frames)
 
     def subscribe_plain(self, deliver: Deliver[bytes]) -> Subscription[bytes]:
         """Join as a plain client: the history, then the live feed."""
@@ -91,3 +126,13 @@ class Broadcast:
     def overflows(self) -> int:
         """Clients cut off for falling behind, both formats."""
         return self.plain.overflows + self.v1.overflows
+
+    @property
+    def waits(self) -> int:
+        """Times a fan-out waited for room under ``--on-full wait``."""
+        return self.plain.waits + self.v1.waits
+
+    @property
+    def waited(self) -> float:
+        """Seconds spent in those waits."""
+        return self.plain.waited + self.v1.waited

@@ -50,6 +50,10 @@ class OnFull(enum.Enum):
     DROP = "drop"
     """Skip the message for that client only, and count the loss."""
 
+    WAIT = "wait"
+    """Make the publisher wait for room, at most ``max_wait`` seconds per
+    publish; then close each client still full as under :attr:`DISCONNECT`."""
+
 
 # The rules below return the problem with a value, or None; see setting.Text.
 
@@ -179,10 +183,27 @@ class Config:
         Member(OnFull),
         Option(
             "--on-full",
-            'a client whose queue is full is closed with 1008 ("too slow"), or (`drop`) '
-            "misses that batch, counted and logged at most every 10 s",
+            'a client whose queue is full is closed with 1008 ("too slow"); or (`drop`) '
+            "misses that batch, counted and logged at most every 10 s; or (`wait`) makes "
+            "reading input pause until it has room, for at most `--max-wait`, after which "
+            "it is closed with 1008 and reading goes on",
         ),
     )
+    max_wait: float = setting(
+        5.0,
+        Seconds(),
+        Option(
+            "--max-wait",
+            "with `--on-full wait`: how long reading input may pause for full queues, in all, "
+            "per batch; a client still full after that is closed with 1008",
+            metavar="SECONDS",
+        ),
+    )
+    """Under :attr:`OnFull.WAIT`, the longest one publish waits for room. Long
+    enough to ride out a client's brief stall (a pause, a congested link, a
+    burst to catch up on); short enough that a client that will never read again
+    (TCP can take minutes to notice a dead peer) costs the others a single pause
+    of a few seconds, since it is closed once the wait runs out."""
     history: int = setting(
         0,
         Count(0),

@@ -6,7 +6,8 @@ thread, so plain attributes are enough. Each count has one home:
 
 * :class:`Counters`: what the connections and the line source count as they go
   (messages and bytes written, long lines skipped, handshakes by result);
-* the :class:`~trio_broadcast.fanout.Fanout`: batches dropped and clients cut off;
+* the :class:`~trio_broadcast.fanout.Fanout`: batches dropped, clients cut off,
+  and the time spent waiting for room;
 * the :class:`~trio_broadcast.retention.Retention`: lines and bytes kept for resuming;
 * :class:`~trio_broadcast.connection.Connections`: open connections and clients;
 * the :class:`~trio_broadcast.server.Server`: lines read, and whether input is open.
@@ -65,7 +66,9 @@ class Statistics:
     dropped: int
     """Messages skipped for clients that fell behind (``--on-full drop``)."""
     slow_disconnects: int
-    """Clients cut off for falling behind (``--on-full disconnect``)."""
+    """Clients cut off for falling behind (``--on-full disconnect`` or ``wait``)."""
+    waited: float
+    """Seconds the input waited for room in full queues (``--on-full wait``)."""
     lines_too_long: int
     """Input lines skipped for being over ``max_line_size``."""
     retained_lines: int | None

@@ -5,7 +5,10 @@ waits for a subscriber: it puts the batch into every subscriber's
 ``trio`` memory channel with ``send_nowait``. A subscriber whose channel is full
 has fallen ``queue_size`` batches behind, and the configured :class:`OnFull`
 policy applies to that subscriber alone, so one stuck client never stalls the
-publisher or anybody else.
+publisher or anybody else. The one policy that waits, :attr:`OnFull.WAIT`, goes
+through :meth:`Fanout.publish_waiting` instead, and bounds the stall: one
+publish waits at most ``max_wait`` seconds in all, then cuts off whoever is
+still full.
 
 The component knows nothing about sockets or standard input; it serves any
 source of messages (the stdin reader, a Redis stream, a test) and any consumer.
@@ -31,11 +34,15 @@ What a subscriber can rely on:
   :meth:`~Subscription.cut_off` returns and its next
   :meth:`~Subscription.receive` raises :class:`Overflow`; under
   :attr:`OnFull.DROP` the batch is skipped for it and counted in
-  :attr:`Subscription.dropped`.
+  :attr:`Subscription.dropped`; under :attr:`OnFull.WAIT` the batch waits for
+  room in its queue, behind what is queued and ahead of anything newer, and the
+  subscriber is cut off only if it has none by the deadline.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -46,6 +53,9 @@ import trio
 from .config import OnFull
 
 T = TypeVar("T")
+
+Held = list[tuple["Subscription[T]", tuple[T, ...]]]
+"""Subscribers that were full under :attr:`OnFull.WAIT`, each with the batch it still needs."""
 
 Deliver = Callable[[tuple[T, ...]], tuple[T, ...]]
 """Try to deliver a batch at once, without waiting; return what to queue instead
@@ -82,7 +92,7 @@ class Subscription(Generic[T]):
 
     @property
     def overflowed(self) -> bool:
-        """Whether it was cut off under :attr:`OnFull.DISCONNECT`."""
+        """Whether it was cut off for falling behind (:attr:`OnFull.DISCONNECT` or ``WAIT``)."""
         return self._cut_off.is_set()
 
     async def cut_off(self) -> None:
@@ -152,7 +162,7 @@ class Subscription(Generic[T]):
 
 
 class Fanout(Generic[T]):
-    """Deliver every published batch to every subscriber, without ever waiting."""
+    """Deliver every published batch to every subscriber; wait only under :attr:`OnFull.WAIT`."""
 
     def __init__(
         self,
@@ -160,13 +170,21 @@ class Fanout(Generic[T]):
         queue_size: int = 16,
         on_full: OnFull = OnFull.DISCONNECT,
         history: int = 0,
+        max_wait: float = 5.0,
+        on_wait: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_wait``, if given, is called with the number of full subscribers
+        each time a publish starts waiting for room (to report it)."""
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
         if history < 0:
             raise ValueError(f"history must be at least 0, not {history}")
+        if not 0 < max_wait < math.inf:
+            raise ValueError(f"max_wait must be more than 0 seconds, not {max_wait}")
         self.queue_size = queue_size
         self.on_full = on_full
+        self.max_wait = max_wait
+        self._on_wait = on_wait
         self._history: deque[T] = deque(maxlen=history)
         # A dict rather than a set: publishing visits subscribers in the order
         # they joined, which keeps runs reproducible.
@@ -177,7 +195,12 @@ class Fanout(Generic[T]):
         self.dropped = 0
         """Messages skipped, over all subscribers, under :attr:`OnFull.DROP`."""
         self.overflows = 0
-        """Subscribers cut off under :attr:`OnFull.DISCONNECT`."""
+        """Subscribers cut off for falling behind (:attr:`OnFull.DISCONNECT` or ``WAIT``)."""
+        self.waits = 0
+        """Publishes that had to wait for room (:attr:`OnFull.WAIT`)."""
+        self.waited = 0.0
+        """Seconds spent in those waits, in all."""
+        self._publishing = trio.StrictFIFOLock()
 
     @property
     def subscribers(self) -> int:
@@ -220,11 +243,51 @@ class Fanout(Generic[T]):
         Publishing a whole read's worth of lines as one batch keeps a burst from
         counting as many queue slots: the bound is for subscribers that fall
         behind, not for input that arrives all at once.
+
+        Under :attr:`OnFull.WAIT` it raises :class:`RuntimeError`: publishing
+        may have to wait, so use :meth:`publish_waiting`.
+        """
+        if self.on_full is OnFull.WAIT:
+            raise RuntimeError("under OnFull.WAIT, publish with: await publish_waiting()")
+        self.publish_held(messages)
+
+    async def publish_waiting(self, messages: Sequence[T]) -> None:
+        """Publish ``messages`` as :meth:`publish` does, but wait for room under ``WAIT``.
+
+        Under the other policies it is :meth:`publish` followed by a checkpoint,
+        which lets the subscribers run. Under :attr:`OnFull.WAIT`, a subscriber
+        whose queue is full gets the batch as soon as it has room, in order
+        (behind what it has queued, ahead of anything published later); the
+        wait is at most ``max_wait`` seconds from its start, over all the full
+        subscribers together, and whoever is still full then is cut off. The
+        others receive on as usual in the meantime. Concurrent calls take turns,
+        in the order they were made.
+
+        Cancelled while waiting, it returns at once (raising
+        :class:`trio.Cancelled`): the subscribers still waited for miss this
+        batch, as a cancelled :meth:`trio.MemorySendChannel.send` sends nothing,
+        and are not cut off (cancelling is the publisher's decision, not their fault).
+        """
+        if self.on_full is not OnFull.WAIT:
+            self.publish_held(messages)
+        else:
+            async with self._publishing:
+                await self.wait_for_room(self.publish_held(messages))
+        await trio.lowlevel.checkpoint()
+
+    def publish_held(self, messages: Sequence[T]) -> Held[T]:
+        """Publish without waiting; under ``WAIT``, return who was full, and with what.
+
+        The first half of :meth:`publish_waiting`, for a caller that must
+        publish several things at once, with no checkpoint between them, before
+        it waits: it must then ``await`` :meth:`wait_for_room` with what this
+        returned, and must not publish again until that is done.
         """
         if self._closed:
             raise trio.ClosedResourceError("publish() after close()")
+        full: Held[T] = []
         if not messages:
-            return
+            return full
         batch = tuple(messages)
         self.published += len(batch)
         self._history.extend(batch)
@@ -242,14 +305,69 @@ class Fanout(Generic[T]):
                 if self.on_full is OnFull.DROP:
                     subscription.dropped += len(batch)
                     self.dropped += len(batch)
+                elif self.on_full is OnFull.WAIT:
+                    full.append((subscription, item))
                 else:
-                    subscription._cut_off.set()
-                    self.overflows += 1
-                    subscription.close()
+                    self._overflow(subscription)
+        return full
+
+    async def wait_for_room(self, full: Held[T], deadline: float | None = None) -> None:
+        """Queue the batches that :meth:`publish_held` held, cutting off whoever is
+        still full at ``deadline`` (default: ``max_wait`` from now). Returns at
+        once if nothing was held."""
+        if not full:
+            return
+        # One after the other, under one deadline: waiting for the first lets
+        # the others drain too, so this takes as long as the slowest, never
+        # more than max_wait. Nothing newer can overtake the item: the next
+        # publish waits for the lock, and a full subscriber has _clear False
+        # until it has received everything, this item included (trio's channel
+        # moves a waiting send into the queue as soon as a receive makes room).
+        began = trio.current_time()
+        if deadline is None:
+            deadline = began + self.max_wait
+        self.waits += 1
+        if self._on_wait is not None:
+            self._on_wait(len(full))
+        try:
+            for subscription, item in full:
+                if not await _send_by(deadline, subscription._send, item):
+                    self._overflow(subscription)
+        finally:
+            self.waited += trio.current_time() - began
+
+    def _overflow(self, subscription: Subscription[T]) -> None:
+        subscription._cut_off.set()
+        self.overflows += 1
+        subscription.close()
 
     def close(self) -> None:
-        """End the feed: subscribers get what is queued, then :class:`trio.EndOfChannel`."""
+        """End the feed: subscribers get what is queued, then :class:`trio.EndOfChannel`.
+
+        A batch that :meth:`publish_waiting` is still waiting to queue for a
+        subscriber is not delivered to it.
+        """
         self._closed = True
         for subscription in self._subscribers:
             subscription._send.close()
         self._subscribers.clear()
+
+
+async def _send_by(deadline: float, send: trio.MemorySendChannel[T], item: T) -> bool:
+    """Send ``item`` as soon as ``send`` has room, by ``deadline``; whether it had room.
+
+    Room that came while another subscriber was waited for is taken even past
+    the deadline. A channel closed meanwhile (its subscriber left) counts as done.
+    """
+    gone = (trio.BrokenResourceError, trio.ClosedResourceError)
+    try:
+        send.send_nowait(item)
+    except trio.WouldBlock:
+        pass
+    except gone:
+        return True
+    else:
+        return True
+    with trio.move_on_at(deadline) as waiting, contextlib.suppress(*gone):
+        await send.send(item)
+    return not waiting.cancelled_caught

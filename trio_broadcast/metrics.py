@@ -70,8 +70,13 @@ class _ServerCollector(Collector):
             ),
             (
                 "slow_disconnects",
-                "Clients cut off for falling behind (--on-full disconnect).",
+                "Clients cut off for falling behind (--on-full disconnect or wait).",
                 now.slow_disconnects,
+            ),
+            (
+                "input_wait_seconds",
+                "Seconds reading input waited for room in full client queues (--on-full wait).",
+                now.waited,
             ),
             (
                 "bytes_sent",

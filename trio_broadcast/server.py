@@ -41,7 +41,7 @@ from .web import Site
 log = logging.getLogger("trio_broadcast")
 
 DROP_REPORT_INTERVAL = 10.0
-"""Seconds between two warnings about messages dropped for slow clients."""
+"""Seconds between two warnings about slow clients: messages dropped, or waits for room."""
 
 
 class Server:
@@ -57,7 +57,7 @@ class Server:
         self.config = config
         self.urls = urls
         """One ``ws://`` or ``wss://`` URL per listening socket."""
-        self._broadcast = Broadcast(config, history)
+        self._broadcast = Broadcast(config, history, on_wait=self._report_wait)
         self._input_open = True
         self._lines_read = 0
         self._counters = counters or Counters()
@@ -67,6 +67,7 @@ class Server:
         self._accepting = trio.CancelScope()
         self._drops_reported = 0
         self._drops_reported_at = -DROP_REPORT_INTERVAL
+        self._wait_reported_at = -DROP_REPORT_INTERVAL
         self._registry = metrics.registry_for(self.statistics)
         site = Site(config, self._health, self._metrics)
         self._connections = Connections(
@@ -101,6 +102,7 @@ class Server:
             bytes_sent=counters.bytes_sent,
             dropped=self._broadcast.dropped,
             slow_disconnects=self._broadcast.overflows,
+            waited=self._broadcast.waited,
             lines_too_long=counters.lines_too_long,
             retained_lines=None if retention is None else retention.lines,
             retained_bytes=None if retention is None else retention.bytes,
@@ -123,13 +125,13 @@ class Server:
         name the lines when the source keeps the history (``history`` of
         :func:`serve`); otherwise the server numbers and retains them.
 
-        Never waits on a client: the checkpoint after publishing is what lets
-        client tasks write before the next batch arrives.
+        Never waits on a client, except under ``--on-full wait`` (at most
+        ``config.max_wait``); publishing ends with a checkpoint, which is what
+        lets client tasks write before the next batch arrives.
         """
-        self._broadcast.publish(lines, ids)
+        await self._broadcast.publish(lines, ids)
         self._lines_read += len(lines)
         self._report_drops()
-        await trio.lowlevel.checkpoint()
 
     def _report_drops(self) -> None:
         now = trio.current_time()
@@ -145,6 +147,22 @@ class Server:
             )
             self._drops_reported = dropped
             self._drops_reported_at = now
+
+    def _report_wait(self, full: int) -> None:
+        now = trio.current_time()
+        if now - self._wait_reported_at >= DROP_REPORT_INTERVAL:
+            broadcast = self._broadcast
+            log.warning(
+                "the feed waits for %d slow client%s, at most %g s (--on-full wait); "
+                "%d waits, %.1f s in all so far, %d clients cut off",
+                full,
+                "" if full == 1 else "s",
+                self.config.max_wait,
+                broadcast.waits,
+                broadcast.waited,
+                broadcast.overflows,
+            )
+            self._wait_reported_at = now
 
     async def _accept(
         self, listeners: list[trio.abc.Listener[trio.abc.Stream]], nursery: trio.Nursery

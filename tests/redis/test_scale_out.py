@@ -4,7 +4,8 @@ One publisher instance reads standard input (``--redis``); serving instances
 (``--redis --no-stdin``) only read the stream. Clients on every instance must
 get every line, in the same order, once, through the faults a deployment
 meets: a killed Redis connection, Redis stopped and started again, and a
-start-up against a Redis that is not there. Every wait is bounded by
+start-up against a Redis that is not there; under ``--on-full wait``, a slow
+client holds up its instance's reader of the stream, not standard input. Every wait is bounded by
 ``trio.fail_after`` and ends on an event (a message, a log line, an exit).
 """
 
@@ -19,6 +20,8 @@ import trio
 from websockets.trio.client import ClientConnection, connect
 
 from ..conftest import Process, running_command
+from ..e2e import url_port
+from ..wire import RawClient
 from .conftest import RedisServer
 
 coredis = pytest.importorskip("coredis", reason="the redis extra is not installed")
@@ -120,6 +123,37 @@ async def test_client_kill_mid_stream_loses_and_repeats_nothing(
             await serving.read_stderr_until(r"reader: Redis at .* is back")
             assert_clean(serving.stderr.decode())
     assert received == first + second
+
+
+async def test_on_full_wait_holds_up_the_stream_reader_not_the_input(
+    redis_server: RedisServer,
+) -> None:
+    # 8 MB: more than the server's socket buffer for the slow client holds,
+    # in more batches (of up to READ_COUNT lines) than its queue of one.
+    lines = [f"{n:04d} " + "x" * 1000 for n in range(8000)]
+    args = ("--on-full", "wait", "--max-wait", "30", "--queue-size", "1")
+    good_got: list[str] = []
+    with trio.fail_after(60):
+        async with instance(redis_server, *args) as publisher, client_of(publisher) as good:
+            slow = await RawClient.handshake(url_port(publisher.url), rcvbuf=4096)
+            try:
+                await publisher.read_stderr_until(rf"client 127\.0\.0\.1:{slow.port} connected")
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(receive, good, len(lines), good_got)
+                    # Far more than a pipe holds: standard input goes on into
+                    # the stream while the slow client holds up the reader.
+                    await write_lines(publisher, lines)
+                    await publisher.read_stderr_until(r"WARNING: the feed waits for")
+                    slow_got = []
+                    for _ in lines:
+                        frame = await slow.read_frame()
+                        assert frame is not None, "the slow client was cut off"
+                        slow_got.append(frame.text)
+            finally:
+                await slow.aclose()
+            assert_clean(publisher.stderr.decode())
+    assert good_got == lines
+    assert slow_got == lines
 
 
 async def test_redis_stopped_and_started_again_loses_nothing(
