@@ -2,10 +2,14 @@
 
 Runs in its own nox session (``nox -s browser``), which installs what it needs;
 deselected elsewhere by the ``browser`` marker. The installed ``trio-broadcast``
-command serves the page with a pipe as its standard input; the test checks that
+command serves the page with a pipe as its standard input; the tests check that
 lines appear in order and as text (never HTML), that a typed message comes back
-marked as an echo, and that after the server is killed and restarted on the same
-port the page reconnects by itself. It also saves the README's screenshot,
+marked as an echo (by its type, even when a broadcast line has the same text),
+that after the server is killed and restarted on the same port the page
+reconnects by itself and marks the gap, and, through a TCP proxy
+(:mod:`tests.browser.proxy`) that resets the page's connection or holds its
+reconnection, that the page resumes with ``?since=`` and shows every line once,
+in order, or says how many it missed. It also saves the README's screenshot,
 ``docs/page.png``. Every wait is bounded (Playwright's timeouts, the process
 deadlines) and waits for an event, never a fixed time.
 """
@@ -19,10 +23,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+from websockets.sync.client import connect
+
+from .proxy import Proxy
 
 pytestmark = pytest.mark.browser
 
@@ -48,9 +56,13 @@ RECONNECT_TIMEOUT = 30.0
 class Command:
     """``trio-broadcast`` in a subprocess, fed through a pipe."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, *options: str) -> None:
         self.process = subprocess.Popen(
-            [str(COMMAND), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+            [
+                str(COMMAND),
+                *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
+                *options,
+            ],
             stdin=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -106,20 +118,26 @@ def context(tmp_path: Path) -> Iterator[BrowserContext]:
             context.close()
 
 
-@pytest.fixture
-def server() -> Iterator[Command]:
-    command = Command()
+@contextmanager
+def running(*options: str) -> Iterator[Command]:
+    command = Command(0, *options)
     try:
         yield command
     finally:
         command.kill()
 
 
-def open_page(context: BrowserContext, port: int) -> Page:
+@pytest.fixture
+def server() -> Iterator[Command]:
+    with running() as command:
+        yield command
+
+
+def open_page(context: BrowserContext, port: int, query: str = "") -> Page:
     page = context.new_page()
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: dialogs.append(dialog.message))
-    page.goto(f"http://127.0.0.1:{port}/")
+    page.goto(f"http://127.0.0.1:{port}/{query}")
     expect(page.locator("#state")).to_have_attribute("data-state", "live")
     assert dialogs == []
     return page
@@ -155,6 +173,10 @@ def test_the_page_shows_the_feed_echoes_and_reconnects(
             "data-state", "live", timeout=RECONNECT_TIMEOUT * 1000
         )
         expect(page.locator("#feed li.note").last).to_have_text(re.compile("reconnected"))
+        # It asked to resume from a line of the old run: the new one cannot say what it missed.
+        expect(page.get_by_role("listitem").filter(has_text="missing")).to_have_text(
+            [re.compile("— some lines may be missing —")]
+        )
         restarted.send("after the restart")
         expect(broadcast.last).to_have_text("after the restart")
         page.locator("#message").fill("still echoing")
@@ -215,3 +237,97 @@ def test_the_feed_is_capped_and_follows_only_at_the_bottom(
     server.send("following again")
     expect(lines.last).to_have_text("following again")
     assert page.evaluate("() => feed.scrollHeight - feed.scrollTop - feed.clientHeight") < 8
+
+
+def test_the_page_resumes_after_its_connection_is_reset(
+    context: BrowserContext, tmp_path: Path
+) -> None:
+    token = "s3cret"
+    (tmp_path / "token").write_text(token)
+    with running("--token-file", str(tmp_path / "token")) as server, Proxy(server.port) as proxy:
+        page = open_page(context, proxy.port, f"?token={token}")
+        broadcast = page.locator("#feed li.line:not(.echo) .text")
+        lines = [f"line {n}" for n in range(1, 301)]
+        server.send(*lines[:100])
+        expect(broadcast.last).to_have_text("line 100")
+
+        server.send(*lines[100:200])  # on their way while the connection is reset
+        proxy.reset()
+        server.send(*lines[200:])
+        expect(page.locator("#feed li.note .text")).to_have_text(
+            ["connected", re.compile(r"disconnected \(1006"), "reconnected"],
+            timeout=RECONNECT_TIMEOUT * 1000,
+        )
+        expect(broadcast).to_have_text(lines)
+        assert page.get_by_role("listitem").filter(has_text="missed").count() == 0
+        requests = proxy.requests
+    assert re.fullmatch(rf"GET /\?token={token}&since=[^& ]+ HTTP/1\.1", requests[-1]), requests
+    assert sum("since=" in request for request in requests) == 1, requests
+
+
+def test_an_echo_is_labelled_by_its_type_not_its_text(
+    context: BrowserContext, server: Command
+) -> None:
+    with Proxy(server.port) as proxy:
+        page = open_page(context, proxy.port)
+        broadcast = page.locator("#feed li.line:not(.echo) .text")
+        echoes = page.locator("#feed li.echo .text")
+
+        proxy.hold()  # the typed message waits at the proxy...
+        page.locator("#message").fill("deploy done")
+        page.locator("#message").press("Enter")
+        assert proxy.held.wait(TIMEOUT), "the typed message did not reach the proxy"
+        server.send("deploy done")  # ...while a broadcast line with the same text arrives
+        expect(broadcast).to_have_text(["deploy done"])
+        assert echoes.count() == 0
+
+        proxy.release()
+        expect(echoes).to_have_text(["deploy done"])
+        expect(broadcast).to_have_text(["deploy done"])
+        expect(page.locator("#count")).to_have_text("1 line")
+
+
+def test_the_page_marks_the_lines_it_missed(context: BrowserContext) -> None:
+    with running("--retain", "10") as server, Proxy(server.port) as proxy:
+        page = open_page(context, proxy.port)
+        lines = [f"line {n}" for n in range(1, 51)]
+        server.send(*lines[:5])
+        expect(page.locator("#feed li.line .text")).to_have_text(lines[:5])
+
+        proxy.hold()
+        proxy.reset()
+        assert proxy.held.wait(RECONNECT_TIMEOUT), "the page did not try to reconnect"
+        with connect(f"ws://127.0.0.1:{server.port}/", open_timeout=TIMEOUT) as observer:
+            server.send(*lines[5:45])  # 30 of them are forgotten before the page is back
+            while observer.recv(timeout=TIMEOUT) != lines[44]:
+                pass
+        proxy.release()
+
+        gap = page.get_by_role("listitem").filter(has_text="missed")
+        expect(gap).to_have_text([re.compile("— 30 lines missed —")])
+        server.send(*lines[45:])
+        expect(page.locator("#feed li.line .text, #feed li.gap .text")).to_have_text(
+            [*lines[:5], "— 30 lines missed —", *lines[35:]]
+        )
+
+
+def test_the_page_ignores_what_it_does_not_know(context: BrowserContext, server: Command) -> None:
+    with Proxy(server.port) as proxy:
+        page = open_page(context, proxy.port)
+        server.send("first")
+        expect(page.locator("#feed li.line .text")).to_have_text(["first"])
+        proxy.inject(
+            text_frame('{"type":"notice","line":"not a line"}')
+            + text_frame('{"type":"echo","data":"an echo","from":"the future"}')
+            + text_frame('"not an object"')
+        )
+        server.send("second")
+        expect(page.locator("#feed li.line .text")).to_have_text(["first", "an echo", "second"])
+        expect(page.locator("#feed li.echo .text")).to_have_text(["an echo"])
+
+
+def text_frame(payload: str) -> bytes:
+    """A short, unmasked text frame, as a server sends it."""
+    data = payload.encode()
+    assert len(data) < 126
+    return bytes([0x81, len(data)]) + data
