@@ -28,7 +28,7 @@ from websockets.typing import Subprotocol
 
 from trio_broadcast import subprotocol
 from trio_broadcast.redis_stream import ORIGIN, EntryId, RedisStream, StreamHistory, stream_key
-from trio_broadcast.retention import Gap, Start
+from trio_broadcast.retention import Evicted, Gap, Start
 
 from ..conftest import Process
 from ..e2e import recv_texts, seen_connected, stop, url_port, ws
@@ -118,6 +118,11 @@ async def trim_exactly(server: RedisServer, keep: int, key: str = KEY) -> None:
         await admin.xtrim(key, threshold=keep, trim_strategy=coredis.PureToken.MAXLEN)
 
 
+def just_before(entry: str) -> str:
+    """Where a trimmed stream starts, if ``entry`` is its first: the ID before it."""
+    return str(EntryId.parse(entry).before())
+
+
 async def close_code(client: V1Client) -> int:
     """The code of the close frame that ends the connection, with no message before it."""
     with pytest.raises(ConnectionClosed) as closed:
@@ -200,6 +205,48 @@ async def test_a_client_resumes_on_its_instance_restarted_without_a_gap(
             watched += await watcher.lines(500)
     assert texts(received) == lines
     assert received == watched
+
+
+async def test_an_id_the_stream_no_longer_holds_or_never_held_gets_a_gap_notice(
+    redis_server: RedisServer,
+) -> None:
+    lines = feed(100)
+    with trio.fail_after(60):
+        async with coredis.Redis.from_url(redis_server.url, decode_responses=True) as admin:
+            elsewhere_before = await admin.xadd(stream_key("other"), {"line": "x"})
+        async with (
+            instance(redis_server, "--redis-maxlen", "10") as publisher,
+            v1_client(publisher) as watcher,
+        ):
+            await watcher.hello()
+            await write_lines(publisher, lines)
+            watched = await watcher.lines(len(lines))
+            await trim_exactly(redis_server, keep=10)
+            start = just_before(watched[90][0])
+            async with coredis.Redis.from_url(redis_server.url, decode_responses=True) as admin:
+                elsewhere_after = await admin.xadd(stream_key("other"), {"line": "y"})
+            retained = watched[90:]
+            for since in (
+                watched[4][0],  # trimmed
+                str(ORIGIN),  # before the first entry, which was trimmed
+                "abc:3",  # an ID of an instance without --redis
+                elsewhere_before,  # of another stream, older than ours
+                elsewhere_after,  # of another stream, newer than ours
+                "999999999999999-0",  # later than any
+                "not an ID",
+                "",
+            ):
+                async with v1_client(publisher, since=since) as client:
+                    assert await client.hello() == start
+                    gap = {"type": "gap", "since": since, "missed": None}
+                    assert await client.message() == gap
+                    assert await client.lines(len(retained)) == retained
+                    await write_lines(publisher, [f"live after {since!r}"])
+                    live = await client.lines(1)
+                    assert texts(live) == [f"live after {since!r}"]
+                    assert await watcher.lines(1) == live
+                    retained += live  # MAXLEN ~ 10 trims whole nodes of 100: none yet
+            assert_clean(publisher.stderr.decode())
 
 
 async def test_the_hello_of_a_new_client_with_history_is_just_before_its_history(
@@ -298,6 +345,44 @@ async def test_an_id_still_in_the_stream_is_exact(redis_server: RedisServer) -> 
         assert await stream.read(ids[4]) == []  # nothing after the position: the end
 
 
+async def test_origin_is_exact_until_the_stream_is_trimmed(redis_server: RedisServer) -> None:
+    async with following(redis_server) as stream:
+        assert await stream.start(str(ORIGIN)) == Start(str(ORIGIN))  # no stream yet
+        assert await stream.start(None) == Start(str(ORIGIN))
+        ids = await stream.append("a", "b", "c")
+        assert await stream.start(str(ORIGIN)) == Start(str(ORIGIN))
+        assert await stream.read(str(ORIGIN)) == list(zip(ids, "abc", strict=True))
+        await trim_exactly(redis_server, keep=2)
+        start = await stream.start(str(ORIGIN))
+        assert start.gap == Gap(str(ORIGIN), None)
+        assert await stream.read(start.position) == list(zip(ids[1:], "bc", strict=True))
+
+
+async def test_an_id_older_than_the_stream_gets_a_gap_then_what_is_left(
+    redis_server: RedisServer,
+) -> None:
+    async with following(redis_server) as stream:
+        entries = await stream.append_at("1-1", "1-2", "1-3", "2-0", "3-0", "3-5")
+        await trim_exactly(redis_server, keep=3)
+        start = just_before("2-0")
+        # The last one trimmed too: Redis does not record where trimming stopped.
+        for trimmed in ("1-1", "1-2", "1-3"):
+            assert await stream.start(trimmed) == Start(start, Gap(trimmed, None))
+            assert await stream.read(start) == entries[3:]
+        # The hello of a client that has caught up after such a gap is exact,
+        # and so is the hello of a new client with more --history than is left.
+        assert await stream.start(start) == Start(start)
+        assert await stream.start(None, history=10) == Start(start)
+
+
+async def test_the_entry_just_before_the_first_is_exact(redis_server: RedisServer) -> None:
+    async with following(redis_server) as stream:
+        entries = await stream.append_at("1-1", "1-2", "1-3", "1-4")
+        await trim_exactly(redis_server, keep=2)
+        assert await stream.start("1-2") == Start("1-2")  # nothing can come between
+        assert await stream.read("1-2") == entries[2:]
+
+
 async def test_an_id_that_was_never_in_the_stream_gets_a_gap(redis_server: RedisServer) -> None:
     async with following(redis_server) as stream:
         ids = await stream.append("a", "b")
@@ -325,3 +410,22 @@ async def test_reading_skips_entries_that_are_not_ours(redis_server: RedisServer
         assert await stream.read(first[0], limit=2) == [(last[0], "b")]
         await stream.append_foreign(3)
         assert await stream.read(last[0], limit=2) == []
+
+
+async def test_reading_after_a_trimmed_position_is_evicted(redis_server: RedisServer) -> None:
+    async with following(redis_server) as stream:
+        ids = await stream.append(*"abcdef")
+        assert await stream.read(ids[0], limit=2) == list(zip(ids[1:3], "bc", strict=True))
+        await trim_exactly(redis_server, keep=2)  # "c" and "d" were not sent yet
+        with pytest.raises(Evicted):
+            await stream.read(ids[2], limit=2)
+
+
+async def test_a_deleted_entry_is_not_taken_for_trimming(redis_server: RedisServer) -> None:
+    async with following(redis_server) as stream:
+        ids = await stream.append("a", "b")
+        foreign = await stream.append_foreign(1)
+        async with coredis.Redis.from_url(redis_server.url) as admin:
+            assert await admin.xdel(stream.stream.key, foreign) == 1  # another program's
+        assert await stream.start(ids[0]) == Start(ids[0])
+        assert await stream.read(ids[0]) == [(ids[1], "b")]

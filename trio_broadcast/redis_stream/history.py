@@ -11,10 +11,13 @@ server reads from (see that module for the questions it answers). Its position
 is the :class:`~trio_broadcast.redis_stream.feed.Follower`'s: the last entry
 published into this instance's fan-out. A resume is exact when no entry after
 the client's ID has been trimmed, and the ID is one of this stream's: an entry
-still in it, or the last one trimmed. An ID from elsewhere (another stream, a
-stream that Redis lost and started again, or this server without ``--redis``)
-gets a gap notice with an unknown count, and so does one older than what the
-stream keeps.
+still in it, or where the stream starts (``0-0`` until it is first trimmed,
+then the ID just before its first entry, which a hello may carry). An ID from
+elsewhere (another stream, a stream that Redis lost and started again, or this
+server without ``--redis``) gets a gap notice with an unknown count, and so
+does one older than the stream's first entry: Redis does not record where
+trimming stopped, so even the last entry trimmed gets one, though no line
+after it was lost.
 """
 
 from __future__ import annotations
