@@ -28,7 +28,7 @@ from websockets.typing import Subprotocol
 
 from trio_broadcast import subprotocol
 from trio_broadcast.redis_stream import ORIGIN, EntryId, RedisStream, StreamHistory, stream_key
-from trio_broadcast.retention import Evicted, Gap, Start
+from trio_broadcast.retention import Evicted, Gap, Start, Unavailable
 
 from ..conftest import Process
 from ..e2e import recv_texts, seen_connected, stop, url_port, ws
@@ -283,6 +283,36 @@ async def test_the_hello_of_a_new_client_with_history_is_just_before_its_history
                 assert_clean(process.stderr.decode())
 
 
+async def test_a_resume_while_redis_is_unreachable_is_closed_with_1013(
+    redis_server: RedisServer,
+) -> None:
+    lines = feed(10)
+    with trio.fail_after(60):
+        async with (
+            instance(redis_server) as publisher,
+            instance(redis_server, "--no-stdin") as serving,
+            ws(serving.url) as plain,
+            v1_client(serving) as watcher,
+        ):
+            await watcher.hello()
+            await write_lines(publisher, lines)
+            watched = await watcher.lines(len(lines))
+            assert await recv_texts(plain, len(lines)) == lines
+            redis_server.stop()
+            async with v1_client(serving, since=watched[4][0]) as resuming:
+                assert await close_code(resuming) == 1013
+            # A new v1 client has nothing to catch up on: it needs no Redis to start.
+            async with v1_client(serving) as new:
+                await new.hello()
+                redis_server.start()  # same port, empty: no persistence
+                await write_lines(publisher, ["back"])
+                assert texts(await new.lines(1)) == ["back"]
+                assert await recv_texts(plain, 1) == ["back"]
+                assert texts(await watcher.lines(1)) == ["back"]
+            for process in (publisher, serving):
+                assert_clean(process.stderr.decode())
+
+
 # --- StreamHistory against redis-server ---------------------------------------------------
 
 
@@ -429,3 +459,16 @@ async def test_a_deleted_entry_is_not_taken_for_trimming(redis_server: RedisServ
             assert await admin.xdel(stream.stream.key, foreign) == 1  # another program's
         assert await stream.start(ids[0]) == Start(ids[0])
         assert await stream.read(ids[0]) == [(ids[1], "b")]
+
+
+async def test_an_unreachable_redis_is_unavailable(redis_server: RedisServer) -> None:
+    async with following(redis_server) as stream:
+        ids = await stream.append("a", "b")
+        redis_server.stop()
+        with pytest.raises(Unavailable):
+            await stream.start(ids[0])
+        with pytest.raises(Unavailable):
+            await stream.read(ids[0])
+        # A client with nothing to catch up on needs no Redis.
+        assert await stream.start(None) == Start(ids[1])
+        assert await stream.read(ids[1]) == []

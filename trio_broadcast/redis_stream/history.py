@@ -76,6 +76,8 @@ class StreamHistory:
 
     async def read(self, after: str, until: str, limit: int) -> list[tuple[str, str]]:
         position, end = EntryId.parse(after), EntryId.parse(until)
+        if position >= end:
+            return []  # nothing to catch up on, so a new client needs no Redis
         while True:
             entries = await self._ask(self._stream.between, position, end, limit)
             if position < await self._ask(self._stream.start):
