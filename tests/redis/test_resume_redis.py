@@ -422,6 +422,18 @@ async def test_an_id_that_was_never_in_the_stream_gets_a_gap(redis_server: Redis
             assert await stream.start(since) == Start(str(ORIGIN), Gap(since, None)), since
 
 
+async def test_an_id_this_instance_has_not_read_yet_is_to_try_again(
+    redis_server: RedisServer,
+) -> None:
+    async with following(redis_server) as stream:
+        ids = await stream.append("a", "b", "c")
+        # The client saw "c" on an instance ahead of this one, which has
+        # published only "a": a gap would send it "a" to "c" again.
+        with pytest.raises(Unavailable):
+            await stream.history.start(ids[2], 0, ids[0])
+        assert await stream.history.start(ids[0], 0, ids[0]) == Start(ids[0])
+
+
 async def test_the_hello_with_history_is_the_entry_before_the_first_line(
     redis_server: RedisServer,
 ) -> None:

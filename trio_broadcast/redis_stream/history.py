@@ -17,7 +17,9 @@ elsewhere (another stream, a stream that Redis lost and started again, or this
 server without ``--redis``) gets a gap notice with an unknown count, and so
 does one older than the stream's first entry: Redis does not record where
 trimming stopped, so even the last entry trimmed gets one, though no line
-after it was lost.
+after it was lost. An entry of the stream that this instance has not
+published yet (the client came from an instance further ahead) is
+:class:`~trio_broadcast.retention.Unavailable`: try again later.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class StreamHistory:
             return Start(str(start), Gap(since, None))
         if after <= end and (after == start or await self._ask(self._stream.has, after)):
             return Start(str(after))
+        if after > end and await self._ask(self._stream.has, after):
+            # Seen on an instance ahead of this one: a gap would send it again.
+            raise Unavailable(f"this instance has not read up to {since} yet")
         # Older than the stream's start (its lines were trimmed), or not one of its IDs.
         return Start(str(start), Gap(since, None))
 
