@@ -20,6 +20,7 @@ import trio.testing
 
 from trio_broadcast.redis_stream.entries import (
     ORIGIN,
+    SEQ_MAX,
     Cursor,
     EntryId,
     decode_entry,
@@ -36,6 +37,14 @@ def test_entry_ids_parse_print_and_order_like_redis() -> None:
     for bad in ("", "12", "12-", "-1", "a-1", "1-2-3", "\u0661-1"):
         with pytest.raises(ValueError, match="not a stream entry ID"):
             EntryId.parse(bad)
+
+
+def test_nothing_comes_between_an_entry_id_and_the_one_before_it() -> None:
+    assert EntryId(7, 3).before() == EntryId(7, 2)
+    assert EntryId(7, 0).before() == EntryId(6, SEQ_MAX) < EntryId(7, 0)
+    assert EntryId(0, 1).before() == ORIGIN
+    with pytest.raises(ValueError, match="before 0-0"):
+        ORIGIN.before()
 
 
 @pytest.mark.parametrize("line", ["hello", "", " spaced \r inside", "ünïcødé ✓", "\ufffd"])

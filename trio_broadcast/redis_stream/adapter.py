@@ -157,12 +157,21 @@ class RedisStream:
         return Cursor(last, added), lines
 
     async def start(self) -> EntryId:
-        """Where the stream starts: the last entry trimmed from it, or ``0-0``.
+        """Where the stream starts: every entry after it is still in the stream.
 
-        Every entry after it is still in the stream (``MAXLEN`` trims the oldest first).
+        ``0-0`` while no entry was ever removed; otherwise the ID just before
+        the first entry left (``MAXLEN`` trims the oldest first), or the last
+        one added when none is left. Redis does not record where trimming
+        stopped (``max-deleted-entry-id`` counts ``XDEL`` only), so the last
+        entry trimmed is, as far as anyone can tell, before the start.
         """
         info = await self._info()
-        return ORIGIN if info is None else info[3]
+        if info is None:
+            return ORIGIN
+        added, length, last, first = info
+        if added == length:
+            return ORIGIN
+        return first.before() if length else last
 
     async def has(self, entry: EntryId) -> bool:
         """Whether ``entry`` is in the stream."""
@@ -203,7 +212,7 @@ class RedisStream:
         ]
 
     async def _info(self) -> tuple[int, int, EntryId, EntryId] | None:
-        """``entries-added``, ``length``, ``last-generated-id``, ``max-deleted-entry-id``."""
+        """``entries-added``, ``length``, ``last-generated-id``, ``recorded-first-entry-id``."""
         from coredis.exceptions import ResponseError
 
         try:
@@ -217,7 +226,7 @@ class RedisStream:
             info["entries-added"],
             info["length"],
             EntryId.parse(info["last-generated-id"]),
-            _reply_id(info["max-deleted-entry-id"]),
+            _reply_id(info["recorded-first-entry-id"]),
         )
 
 

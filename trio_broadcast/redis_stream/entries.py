@@ -45,6 +45,18 @@ class EntryId:
     def __str__(self) -> str:
         return f"{self.ms}-{self.seq}"
 
+    def before(self) -> EntryId:
+        """The greatest ID below this one: no entry can come between the two."""
+        if self.seq:
+            return EntryId(self.ms, self.seq - 1)
+        if self.ms:
+            return EntryId(self.ms - 1, SEQ_MAX)
+        raise ValueError("no entry ID comes before 0-0")
+
+
+SEQ_MAX = 2**64 - 1
+"""The largest sequence number of an entry ID (Redis counts it in 64 bits)."""
+
 
 ORIGIN = EntryId(0, 0)
 """Before every entry: reading after it reads the whole stream."""

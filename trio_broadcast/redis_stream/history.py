@@ -11,10 +11,15 @@ server reads from (see that module for the questions it answers). Its position
 is the :class:`~trio_broadcast.redis_stream.feed.Follower`'s: the last entry
 published into this instance's fan-out. A resume is exact when no entry after
 the client's ID has been trimmed, and the ID is one of this stream's: an entry
-still in it, or the last one trimmed. An ID from elsewhere (another stream, a
-stream that Redis lost and started again, or this server without ``--redis``)
-gets a gap notice with an unknown count, and so does one older than what the
-stream keeps.
+still in it, or where the stream starts (``0-0`` until it is first trimmed,
+then the ID just before its first entry, which a hello may carry). An ID from
+elsewhere (another stream, a stream that Redis lost and started again, or this
+server without ``--redis``) gets a gap notice with an unknown count, and so
+does one older than the stream's first entry: Redis does not record where
+trimming stopped, so even the last entry trimmed gets one, though no line
+after it was lost. An entry of the stream that this instance has not
+published yet (the client came from an instance further ahead) is
+:class:`~trio_broadcast.retention.Unavailable`: try again later.
 """
 
 from __future__ import annotations
@@ -68,11 +73,16 @@ class StreamHistory:
             return Start(str(start), Gap(since, None))
         if after <= end and (after == start or await self._ask(self._stream.has, after)):
             return Start(str(after))
+        if after > end and await self._ask(self._stream.has, after):
+            # Seen on an instance ahead of this one: a gap would send it again.
+            raise Unavailable(f"this instance has not read up to {since} yet")
         # Older than the stream's start (its lines were trimmed), or not one of its IDs.
         return Start(str(start), Gap(since, None))
 
     async def read(self, after: str, until: str, limit: int) -> list[tuple[str, str]]:
         position, end = EntryId.parse(after), EntryId.parse(until)
+        if position >= end:
+            return []  # nothing to catch up on, so a new client needs no Redis
         while True:
             entries = await self._ask(self._stream.between, position, end, limit)
             if position < await self._ask(self._stream.start):
