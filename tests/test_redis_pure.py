@@ -19,12 +19,15 @@ import trio
 import trio.testing
 
 from trio_broadcast.redis_stream.entries import (
+    FIELD,
     ORIGIN,
     SEQ_MAX,
     Cursor,
     EntryId,
     decode_entry,
+    decode_fields,
     encode_line,
+    encode_value,
     stream_key,
 )
 from trio_broadcast.redis_stream.retrying import Backoff, Link, retry, why
@@ -34,7 +37,19 @@ def test_entry_ids_parse_print_and_order_like_redis() -> None:
     assert EntryId.parse(b"1700000000000-5") == EntryId(1700000000000, 5)
     assert str(EntryId.parse("12-0")) == "12-0"
     assert ORIGIN < EntryId(0, 1) < EntryId(1, 0) < EntryId(1, 10) < EntryId(2, 0)
-    for bad in ("", "12", "12-", "-1", "a-1", "1-2-3", "\u0661-1"):
+    for bad in (
+        "",
+        "12",
+        "12-",
+        "-1",
+        "a-1",
+        "1-2-3",
+        "\u0661-1",
+        "+1-2",
+        "1-+2",
+        "1 -2",
+        "1_0-2",
+    ):
         with pytest.raises(ValueError, match="not a stream entry ID"):
             EntryId.parse(bad)
 
@@ -51,12 +66,17 @@ def test_nothing_comes_between_an_entry_id_and_the_one_before_it() -> None:
 def test_a_line_survives_its_entry(line: str) -> None:
     fields = encode_line(line)
     assert decode_entry(dict(fields)) == line
+    assert decode_fields([FIELD, encode_value(line)]) == line  # as XREAD sends it
 
 
 def test_entries_not_ours_are_recognised() -> None:
     assert decode_entry({b"other": b"x"}) is None
     assert decode_entry({"line": "as text"}) == "as text"
     assert decode_entry({b"line": b"bad \xff utf-8"}) == "bad \ufffd utf-8"
+    assert decode_fields([b"other", b"x"]) is None
+    assert decode_fields([b"other", b"x", b"line", b"y"]) == "y"
+    assert decode_fields([b"other", b"line"]) is None
+    assert decode_fields([b"line", b"bad \xff utf-8"]) == "bad \ufffd utf-8"
 
 
 def test_backoff_grows_to_its_cap_with_jitter() -> None:

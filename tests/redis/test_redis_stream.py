@@ -165,6 +165,42 @@ async def test_reader_resumes_after_client_kill_without_loss_or_duplicate(
     assert received == lines
 
 
+async def test_a_read_cancelled_while_blocked_does_not_hold_up_the_next(
+    redis_server: RedisServer,
+) -> None:
+    async with channel(redis_server) as stream:
+        with trio.move_on_after(0.2) as waited:
+            await stream.read(ORIGIN, count=10, block_ms=5000)
+        assert waited.cancelled_caught
+        # Not behind the abandoned XREAD BLOCK's 5 s: its connection was dropped.
+        with trio.fail_after(2):
+            assert await stream.read(ORIGIN, count=10, block_ms=100) == []
+            await stream.append(["after"])
+            entries = await stream.read(ORIGIN, count=10, block_ms=100)
+        assert [line for _, line in entries] == ["after"]
+
+
+async def test_append_is_all_or_none_and_keeps_working_after_its_connection_dies(
+    redis_server: RedisServer,
+) -> None:
+    async with channel(redis_server, client="writer-under-test") as stream:
+        await stream.append(["a", "b"])
+        async with coredis.Redis.from_url(redis_server.url) as admin:
+            await admin.set("not-a-stream", "x")
+        refused = RedisStream(stream.client, "not-a-stream", stream.maxlen)
+        with pytest.raises(coredis.exceptions.WrongTypeError):
+            await refused.append(["c", "d"])
+        assert await kill_clients_named(redis_server, "writer-under-test") >= 1
+        for _ in range(2):  # the kill may or may not be noticed before the next append
+            try:
+                await stream.append(["c", "d"])
+                break
+            except coredis.exceptions.ConnectionError:
+                pass
+        entries = await stream.read(ORIGIN, count=10, block_ms=10)
+    assert [line for _, line in entries] == ["a", "b", "c", "d"]
+
+
 async def test_cursor_against_a_stream_trimmed_past_it(redis_server: RedisServer) -> None:
     async with channel(redis_server) as stream:
         await stream.append(["old"])

@@ -1,15 +1,14 @@
 """A line as a stream entry, and where a reader is in the stream: pure, no I/O.
 
 Tested without Redis (``tests/test_redis_pure.py``): :class:`EntryId` (stream
-ID arithmetic), :func:`encode_line` and :func:`decode_entry` (a line and its
-entry), and :class:`Cursor` (where a reader is, and how many entries were
+ID arithmetic), :func:`encode_line`, :func:`decode_entry` and their raw forms
+(a line and its entry), and :class:`Cursor` (where a reader is, and how many entries were
 trimmed away before it read them).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +23,6 @@ def stream_key(channel: str) -> str:
     return KEY_PREFIX + channel
 
 
-_ENTRY_ID = re.compile(r"([0-9]+)-([0-9]+)")
-
-
 @dataclass(frozen=True, order=True, slots=True)
 class EntryId:
     """A stream entry ID, ``<milliseconds>-<sequence>``, ordered as Redis orders them."""
@@ -37,10 +33,10 @@ class EntryId:
     @classmethod
     def parse(cls, raw: str | bytes) -> EntryId:
         text = raw.decode("ascii", errors="replace") if isinstance(raw, bytes) else raw
-        match = _ENTRY_ID.fullmatch(text)
-        if match is None:
+        ms, dash, seq = text.partition("-")
+        if not (dash and _digits(ms) and _digits(seq)):
             raise ValueError(f"not a stream entry ID: {text!r}")
-        return cls(int(match[1]), int(match[2]))
+        return cls(int(ms), int(seq))
 
     def __str__(self) -> str:
         return f"{self.ms}-{self.seq}"
@@ -58,13 +54,22 @@ SEQ_MAX = 2**64 - 1
 """The largest sequence number of an entry ID (Redis counts it in 64 bits)."""
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 ORIGIN = EntryId(0, 0)
 """Before every entry: reading after it reads the whole stream."""
 
 
 def encode_line(line: str) -> dict[bytes, bytes]:
     """The fields of the entry that carries ``line``."""
-    return {FIELD: line.encode("utf-8", errors="surrogateescape")}
+    return {FIELD: encode_value(line)}
+
+
+def encode_value(line: str) -> bytes:
+    """The value of :data:`FIELD` in the entry that carries ``line``."""
+    return line.encode("utf-8", errors="surrogateescape")
 
 
 def decode_entry(fields: Mapping[Any, str | bytes]) -> str | None:
@@ -80,6 +85,14 @@ def decode_entry(fields: Mapping[Any, str | bytes]) -> str | None:
         if raw_name == FIELD:
             raw = value.encode() if isinstance(value, str) else value
             return raw.decode("utf-8", errors="replace")
+    return None
+
+
+def decode_fields(fields: Sequence[bytes]) -> str | None:
+    """:func:`decode_entry` for the fields as Redis sends them: ``[name, value, …]``."""
+    for index in range(0, len(fields) - 1, 2):
+        if fields[index] == FIELD:
+            return fields[index + 1].decode("utf-8", errors="replace")
     return None
 
 

@@ -37,7 +37,7 @@ noticed after this plus :data:`REQUEST_TIMEOUT`."""
 READ_COUNT = 1000
 """Entries per ``XREAD``; one read becomes one batch for the fan-out."""
 APPEND_LINES = 1000
-"""Buffered lines appended in one ``MULTI``/``EXEC`` transaction, at most (about)."""
+"""Buffered lines appended in one command (one script run), at most (about)."""
 
 
 async def append_from(
