@@ -303,7 +303,7 @@ async def _subscribe(
 ) -> tuple[Subscription[bytes], _Opening | None]:
     if not wants.v1:
         return broadcast.subscribe_plain(sender.deliver_nowait), None
-    await broadcast.history.ready()
+    await broadcast.history.ready(wants.since)
     subscription, until = broadcast.subscribe_v1(sender.deliver_nowait)
     return subscription, _Opening(broadcast.history, wants.since, config.history, until)
 

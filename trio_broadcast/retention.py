@@ -66,8 +66,13 @@ class Unavailable(Exception):
 class History(Protocol):
     """Lines kept for clients that resume, by ID. See the module's docstring."""
 
-    async def ready(self) -> None:
-        """Return once :meth:`position` is known (with Redis, once the stream was read)."""
+    async def ready(self, since: str | None = None) -> None:
+        """Return once :meth:`position` is known (with Redis, once the stream was read).
+
+        With ``since``, also give this server a moment to catch up to that ID
+        if it is one it has not reached yet (an instance slightly behind the
+        one the client came from); bounded, after which :meth:`start` decides.
+        """
 
     def position(self) -> str:
         """The ID of the last line published to the fan-out, or where the feed starts."""
@@ -148,7 +153,7 @@ class Retention:
         number = int(digits)
         return number if number <= self.last else None
 
-    async def ready(self) -> None:
+    async def ready(self, since: str | None = None) -> None:
         return
 
     def position(self) -> str:

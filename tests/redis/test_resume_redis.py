@@ -22,12 +22,14 @@ from urllib.parse import quote
 
 import pytest
 import trio
+import trio.testing
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from trio_broadcast import subprotocol
 from trio_broadcast.redis_stream import ORIGIN, EntryId, RedisStream, StreamHistory, stream_key
+from trio_broadcast.redis_stream import history as history_module
 from trio_broadcast.retention import Evicted, Gap, Start, Unavailable
 
 from ..conftest import Process
@@ -324,7 +326,19 @@ class Following:
         self.stream = stream
         self.history = StreamHistory(stream)
         self.ids: list[str] = []
-        self.history.follow(lambda: EntryId.parse(self.position))
+        self.moved = trio.Event()
+        self.history.follow(lambda: EntryId.parse(self.position), self.delivered)
+
+    async def delivered(self, entry: EntryId) -> None:
+        """As :meth:`Follower.delivered`: wait until the position has reached ``entry``."""
+        while EntryId.parse(self.position) < entry:
+            await self.moved.wait()
+
+    def publish(self, *ids: str) -> None:
+        """This instance has now read and published up to these entries."""
+        self.ids += ids
+        self.moved.set()
+        self.moved = trio.Event()
 
     @property
     def position(self) -> str:
@@ -363,6 +377,34 @@ async def following(server: RedisServer) -> AsyncIterator[Following]:
     async with channel(server, name="trio-broadcast") as stream:
         with trio.fail_after(10):
             yield Following(server, stream)
+
+
+async def test_a_client_from_an_instance_ahead_waits_for_this_one_to_catch_up(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with following(redis_server) as stream:
+        await stream.append("a")
+        # Appended, and published by another instance, not yet by this one.
+        ahead = [str(await stream.stream.append([line])) for line in ("b", "c")]
+        with pytest.raises(Unavailable):
+            await stream.start(ahead[0])
+        async with trio.open_nursery() as nursery:
+            ready = trio.Event()
+
+            async def resume() -> None:
+                await stream.history.ready(ahead[0])
+                ready.set()
+
+            nursery.start_soon(resume)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not ready.is_set()
+            stream.publish(ahead[0])
+            await ready.wait()
+        assert await stream.start(ahead[0]) == Start(ahead[0])
+        # One that never catches up waits a bounded time; then start() decides (1013).
+        monkeypatch.setattr(history_module, "CATCH_UP_WAIT", 0.2)
+        with trio.fail_after(5):
+            await stream.history.ready(str(EntryId.parse(ahead[1]).ms + 10**9) + "-0")
 
 
 async def test_an_id_still_in_the_stream_is_exact(redis_server: RedisServer) -> None:

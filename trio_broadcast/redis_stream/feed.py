@@ -220,7 +220,7 @@ def stream_source(
         async with trio.open_nursery() as nursery:
             await nursery.start(follower.run)
             if resume is not None:
-                resume.follow(lambda: follower.cursor.last)
+                resume.follow(lambda: follower.cursor.last, follower.delivered)
             if stdin is None:
                 return
             last = await append_from(stdin, stream, buffer=buffer)

@@ -35,6 +35,10 @@ from .entries import EntryId
 
 T = TypeVar("T")
 
+CATCH_UP_WAIT = 2.0
+"""Seconds a resuming client waits for this instance to read up to its ID, when
+it comes from an instance that is ahead; after that it is closed with 1013."""
+
 
 class StreamHistory:
     """The :class:`~trio_broadcast.retention.History` of a Redis stream."""
@@ -42,16 +46,30 @@ class StreamHistory:
     def __init__(self, stream: RedisStream) -> None:
         self._stream = stream
         self._position: Callable[[], EntryId] | None = None
+        self._delivered: Callable[[EntryId], Awaitable[None]] | None = None
         self._following = trio.Event()
 
-    def follow(self, position: Callable[[], EntryId]) -> None:
+    def follow(
+        self, position: Callable[[], EntryId], delivered: Callable[[EntryId], Awaitable[None]]
+    ) -> None:
         """Called by the line source once its reader has published its first read:
-        ``position()`` is the last entry it published, from now on."""
+        ``position()`` is the last entry it published, from now on, and
+        ``delivered(entry)`` waits until it has published up to ``entry``."""
         self._position = position
+        self._delivered = delivered
         self._following.set()
 
-    async def ready(self) -> None:
+    async def ready(self, since: str | None = None) -> None:
         await self._following.wait()
+        assert self._position is not None
+        assert self._delivered is not None
+        try:
+            after = EntryId.parse(since) if since is not None else None
+        except ValueError:
+            return
+        if after is not None and after > self._position():
+            with trio.move_on_after(CATCH_UP_WAIT):
+                await self._delivered(after)
 
     def position(self) -> str:
         assert self._position is not None, "position() before ready()"
