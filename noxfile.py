@@ -179,7 +179,8 @@ def _run_bench(session: nox.Session, *args: str) -> None:
 
 @nox.session(python=PYTHON)
 def faults(session: nox.Session) -> None:
-    """Fault storm (1,000 clients, 5 % misbehaving), ulimit -n, shutdown under load (~1 min).
+    """Fault storm (1,000 clients, 5 % misbehaving), resume storm (1,000 clients reset at
+    once), ulimit -n, shutdown under load (~2 min).
 
     Prints the figures and fails on any broken check; see bench/faults.py.
     """
@@ -188,7 +189,7 @@ def faults(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def faults_quick(session: nox.Session) -> None:
-    """The same checks with 200 clients and an 8 s storm (CI)."""
+    """The same checks with 200 clients, an 8 s storm and a 200-client resume storm (CI)."""
     _run_load_script(session, "bench/faults.py", "--quick")
 
 

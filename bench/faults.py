@@ -3,7 +3,7 @@
 
     python bench/faults.py [--quick] [--out FILE]
 
-Three phases, each against a fresh ``trio-broadcast`` on 127.0.0.1 (pinned to
+Four phases, each against a fresh ``trio-broadcast`` on 127.0.0.1 (pinned to
 core 0; the Node load generator on core 1, as in ``bench/run.py``):
 
 1. **Storm.** Well-behaved clients (Node, ``bench/loadgen/loadgen.js``)
@@ -12,10 +12,19 @@ core 0; the Node load generator on core 1, as in ``bench/run.py``):
    the well-behaved lose no line and none is disconnected; every misbehaving
    connection ends; the server's descriptors come back to where they started;
    its log has no traceback.
-2. **Descriptor limit.** Under ``ulimit -n 256``, 400 clients try to connect:
+2. **Resume storm.** ``trio-broadcast.v1`` clients (Node,
+   ``bench/loadgen/resume.js``) receive 1,000 numbered lines/s; once the
+   retention is full, all are reset at once (TCP RST, no close frame), then
+   all reconnect at once with ``?since=`` the last ID each parsed. Checks:
+   every client ends with the whole feed, each line once and in order (the
+   lines before the reset, then those after); no gap notice and no other
+   disconnection; all caught up within ``RESUME_CATCH_UP``; the server's RSS
+   after the catch-up within ``RESUME_RSS_TOLERANCE`` of its level just before
+   the storm; its descriptors and tasks back to their start once all left.
+3. **Descriptor limit.** Under ``ulimit -n 256``, 400 clients try to connect:
    the excess get a ``503`` at once, the log says so, and once the first
    clients leave, as many new ones get in.
-3. **Shutdown under load.** SIGTERM while the clients receive as fast as the
+4. **Shutdown under load.** SIGTERM while the clients receive as fast as the
    server can send (``--on-full drop``, so that none is cut off for falling
    behind first): every client sees 1001 within 2 s, exit status 0, no
    traceback. Then a second SIGTERM, sent once the first has been logged,
@@ -84,16 +93,48 @@ before the signal comes; with ``drop`` they skip lines instead and stay, so
 that every one of them is there to be closed."""
 
 
+RESUME_CLIENTS = BENCH / "loadgen" / "resume.js"
+RESUME_RSS_TOLERANCE = 0.10
+"""After the resume storm, once every client has caught up, the server's RSS may
+exceed its level just before the storm by this fraction, no more."""
+RESUME_CATCH_UP = 30.0
+"""Seconds the resume storm's clients have to catch up before it gives up."""
+
+
 @dataclass(frozen=True)
 class Size:
     clients: int
     misbehaving: int
     storm_seconds: float
     shutdown_clients: int
+    resume_clients: int
+    resume_before_seconds: float
+    """Lines flow this long before the reset: long enough to fill the retention."""
+    resume_retain: int
+    resume_after_seconds: float
+    """And this long after every client has caught up, before memory is read again."""
 
 
-FULL = Size(clients=1000, misbehaving=50, storm_seconds=30.0, shutdown_clients=1000)
-QUICK = Size(clients=200, misbehaving=10, storm_seconds=8.0, shutdown_clients=200)
+FULL = Size(
+    clients=1000,
+    misbehaving=50,
+    storm_seconds=30.0,
+    shutdown_clients=1000,
+    resume_clients=1000,
+    resume_before_seconds=12.0,
+    resume_retain=10_000,
+    resume_after_seconds=5.0,
+)
+QUICK = Size(
+    clients=200,
+    misbehaving=10,
+    storm_seconds=8.0,
+    shutdown_clients=200,
+    resume_clients=200,
+    resume_before_seconds=3.0,
+    resume_retain=2_000,
+    resume_after_seconds=2.0,
+)
 
 Result = dict[str, Any]
 
@@ -369,7 +410,178 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{what} x{n}" for what, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-# ---------------------------------------------------------------- phase 2: the limit
+# ---------------------------------------------------------------- phase 2: the resume storm
+
+
+def resume_storm(h: Harness, size: Size, check: Checks) -> Result:
+    """Every ``trio-broadcast.v1`` client reset at once mid-feed, then resumed at once."""
+    n = size.resume_clients
+    print(
+        f"\nresume storm: {n} trio-broadcast.v1 clients, 1,000 lines/s, --retain "
+        f"{size.resume_retain:,}; all reset (TCP RST) after {size.resume_before_seconds:g} s, "
+        "all reconnect at once with ?since=",
+        flush=True,
+    )
+    result: Result = {"clients": n, "retain": size.resume_retain}
+    options = ("--retain", str(size.resume_retain))
+    with contextlib.ExitStack() as stack:
+        server, port = stack.enter_context(h.server("resume-server", *options))
+        start = probe.settled(server.pid, port)
+        config = {
+            "url": f"ws://{HOST}:{port}/",
+            "clients": n,
+            "firstSeq": MEASURE_FROM,
+            "connectConcurrency": 50,
+            "connectTimeoutMs": 20_000,
+            "retries": 5,
+            "catchUpMs": RESUME_CATCH_UP * 1000,
+            "drainMs": 20_000,
+            "maxSeconds": size.resume_before_seconds + RESUME_CATCH_UP + 120,
+        }
+        argv = [*h.prefix(LOAD_CORE), "node", str(RESUME_CLIENTS), json.dumps(config)]
+        clients = Child("resume-clients", argv, h.log_dir, events=True, env=h.env)
+        stack.callback(clients.stop)
+        connected = clients.read_event("connected", 60)
+        feeder = Feeder(server.stdin, LINE_SIZE)
+        stack.callback(feeder.close)
+        peak = 0
+
+        def sample() -> None:
+            nonlocal peak
+            peak = max(peak, rss_kb(server.pid))
+
+        # The feed runs in slices of 0.1 s, and the storm's steps happen between
+        # two slices, without waiting: the lines keep coming throughout.
+        seq = MEASURE_FROM
+        began = time.monotonic()
+        while time.monotonic() < began + size.resume_before_seconds:
+            seq = feeder.paced(seq, 1000, time.monotonic() + 0.1, sample)
+        before = rss_kb(server.pid)
+        clients.send("reset")
+        reset_at = time.monotonic()
+        caught_up = None
+        while caught_up is None and time.monotonic() < reset_at + RESUME_CATCH_UP + 5:
+            seq = feeder.paced(seq, 1000, time.monotonic() + 0.1, sample)
+            caught_up = clients.poll_event("caught_up")
+        storm_peak = peak
+        settled_from = time.monotonic()
+        while time.monotonic() < settled_from + size.resume_after_seconds:
+            seq = feeder.paced(seq, 1000, time.monotonic() + 0.1, sample)
+        after = rss_kb(server.pid)
+        feeder.finish()
+        last = feeder.written_seq
+        clients.send(f"stop {last}")
+        seen = clients.read_event("result", 60)
+        clients.send("quit")
+        clients.stop()
+        end = probe.settled(server.pid, port)
+        text = log_text(server)
+
+    result.update(
+        {
+            "connected": connected["connected"],
+            "lines": last - MEASURE_FROM + 1,
+            "clients_with_whole_feed": seen["clients_with_whole_feed"],
+            "missing": seen["missing"],
+            "duplicates": seen["duplicates"],
+            "first_bad_clients": seen["first_bad_clients"],
+            "lines_before_reset": seen["lines_before_reset"],
+            "reconnects": seen["reconnects"],
+            "unexpected_ends": seen["unexpected_ends"],
+            "connect_errors": seen["connect_errors"],
+            "gap_notices": seen["gap_notices"],
+            "hello_after_resume": seen["hello_after_resume"],
+            "protocol_errors": seen["protocol_errors"],
+            "first_protocol_errors": seen["first_protocol_errors"],
+            "caught_up": caught_up,
+            "rss_kb": {
+                "start": start.rss_kb,
+                "before_storm": before,
+                "storm_peak": storm_peak,
+                "after_catch_up": after,
+                "after_leaving": end.rss_kb,
+            },
+            "start": start.__dict__,
+            "end": end.__dict__,
+            "tracebacks": tracebacks(text),
+        }
+    )
+    print(render_resume(result))
+    check_resume(result, check)
+    return result
+
+
+def check_resume(r: Result, check: Checks) -> None:
+    n, lines = r["clients"], r["lines"]
+    check(r["connected"] == n, f"{r['connected']}/{n} connected")
+    whole = r["clients_with_whole_feed"]
+    check(
+        whole == n,
+        f"clients with the whole feed ({lines:,} lines, each once, in order): {whole}/{n}"
+        + ("" if whole == n else f"; first that did not: {r['first_bad_clients']}"),
+    )
+    check(r["missing"] == 0, f"lines missed: {r['missing']}")
+    check(r["duplicates"] == 0, f"lines received twice: {r['duplicates']}")
+    check(r["gap_notices"] == 0, f"gap notices: {r['gap_notices']} (every resume was retained)")
+    ends = r["unexpected_ends"]
+    check(not ends, f"no connection ended but by the reset ({_counts(ends) or 'none'})")
+    check(
+        r["protocol_errors"] == 0,
+        f"messages that are not the subprotocol's: {r['protocol_errors']} "
+        f"{r['first_protocol_errors'] or ''}",
+    )
+    caught = r["caught_up"]
+    check(
+        caught is not None and caught["complete"],
+        f"all caught up within {RESUME_CATCH_UP:g} s of the reset",
+    )
+    rss = r["rss_kb"]
+    limit = rss["before_storm"] * (1 + RESUME_RSS_TOLERANCE)
+    check(
+        rss["after_catch_up"] <= limit,
+        f"server RSS after the catch-up {rss['after_catch_up'] / 1024:.1f} MiB, before the "
+        f"storm {rss['before_storm'] / 1024:.1f} MiB (at most +{RESUME_RSS_TOLERANCE:.0%})",
+    )
+    start, end = r["start"], r["end"]
+    check(
+        (end["fds"], end["tasks"]) == (start["fds"], start["tasks"]),
+        f"once all left: descriptors {start['fds']} → {end['fds']}, "
+        f"Trio tasks {start['tasks']} → {end['tasks']}",
+    )
+    check(r["tracebacks"] == 0, f"tracebacks in the server log: {r['tracebacks']}")
+
+
+def render_resume(r: Result) -> str:
+    caught = r["caught_up"] or {}
+    rss = {k: f"{v / 1024:.1f}" for k, v in r["rss_kb"].items()}
+    before = r["lines_before_reset"]
+    return "\n".join(
+        [
+            "",
+            "| clients | lines each | with the whole feed | missed | twice | gap notices "
+            "| all reconnected | caught up (median / all) |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {r['connected']} | {r['lines']:,} | {r['clients_with_whole_feed']} "
+            f"| {r['missing']} | {r['duplicates']} | {r['gap_notices']} "
+            f"| {_s(caught.get('all_reopened_s'))} "
+            f"| {_s(caught.get('median_s'))} / {_s(caught.get('max_s'))} |",
+            "",
+            f"lines each before the reset: {before['min']:,.0f} to {before['max']:,.0f}; "
+            f"reconnections {r['reconnects']:,.0f}; failed attempts: "
+            f"{_counts(r['connect_errors']) or 'none'}; other ends: "
+            f"{_counts(r['unexpected_ends']) or 'none'}",
+            f"server RSS (MiB): {rss['start']} at start, {rss['before_storm']} before the "
+            f"storm, {rss['storm_peak']} peak, {rss['after_catch_up']} after the catch-up, "
+            f"{rss['after_leaving']} once all left",
+        ]
+    )
+
+
+def _s(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds:.2f} s"
+
+
+# ---------------------------------------------------------------- phase 3: the limit
 
 
 def descriptor_limit(h: Harness, check: Checks) -> Result:
@@ -421,7 +633,7 @@ def descriptor_limit(h: Harness, check: Checks) -> Result:
     return result
 
 
-# ---------------------------------------------------------------- phase 3: shutdown
+# ---------------------------------------------------------------- phase 4: shutdown
 
 
 def shutdown(h: Harness, size: Size, check: Checks) -> Result:
@@ -532,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     results: Result = {"quick": args.quick, "size": size.__dict__}
     try:
         results["storm"] = storm(h, size, check)
+        results["resume_storm"] = resume_storm(h, size, check)
         results["descriptor_limit"] = descriptor_limit(h, check)
         results["shutdown"] = shutdown(h, size, check)
     except BenchError as exc:

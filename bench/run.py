@@ -352,6 +352,16 @@ class Child:
 
     def read_event(self, name: str, timeout: float) -> Result:
         """The next JSON event called ``name`` on stdout, within ``timeout`` seconds."""
+        event = self._event(name, timeout)
+        if event is None:
+            raise BenchError(f"{self.name}: no {name!r} within {timeout:g} s")
+        return event
+
+    def poll_event(self, name: str) -> Result | None:
+        """The next JSON event called ``name`` if it has arrived; never waits."""
+        return self._event(name, 0.0)
+
+    def _event(self, name: str, timeout: float) -> Result | None:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as selector:
@@ -365,13 +375,13 @@ class Child:
                     if event.get("event") == name:
                         return event
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    raise BenchError(f"{self.name}: no {name!r} within {timeout:g} s")
-                if selector.select(min(left, 0.5)):
+                if selector.select(max(0.0, min(left, 0.5))):
                     chunk = os.read(self.proc.stdout.fileno(), 65536)
                     if not chunk:
                         raise BenchError(f"{self.name} exited ({self.why_dead()})")
                     self._buffer += chunk
+                elif left <= 0:
+                    return None
 
     def why_dead(self) -> str:
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -190,6 +190,9 @@ class _Opening:
                     [text_frame(subprotocol.line(id, line)) for id, line in entries]
                 )
                 after = entries[-1][0]
+                # Neither the read nor a write the socket takes at once yields:
+                # without this, a long backlog would hold up every other client.
+                await trio.lowlevel.checkpoint()
         except Evicted:
             return FELL_BEHIND
         except Unavailable:
