@@ -206,3 +206,38 @@ async def test_since_without_the_subprotocol_is_refused_with_a_reason() -> None:
             assert response.status_code == 400
             assert subprotocol.NAME.encode() in response.body
             await stop(process)
+
+
+async def lines_read(process: Process, count: int) -> None:
+    """Wait until the server has read ``count`` lines (its ``/metrics``), polled:
+    the subprocess has no event to offer; the caller's ``fail_after`` bounds it."""
+    wanted = f"trio_broadcast_lines_read_total {float(count)}"
+    metrics = process.url.replace("ws", "http", 1) + "metrics"
+    async with httpx.AsyncClient() as http:
+        while wanted not in (await http.get(metrics)).text:
+            await trio.sleep(0.01)
+
+
+async def test_a_client_catching_up_is_not_cut_off_by_the_lines_that_come_meanwhile() -> None:
+    """Found by the resume storm: live lines used to queue up behind a long backlog,
+    and with one slot (``--queue-size 1``) the second batch cut the client off."""
+    backlog = [f"{n:04d} " + "x" * 1000 for n in range(3000)]  # more than socket buffers
+    meanwhile = [f"meanwhile {n}" for n in range(5)]
+    with trio.fail_after(30):
+        async with running_command("--queue-size", "1") as process:
+            async with v1(process.url) as first:
+                since = await hello(first)
+            await process.write(("\n".join(backlog) + "\n").encode())
+            await lines_read(process, len(backlog))
+            async with v1(process.url, since=since) as client:
+                await connected(process, client)
+                # It reads nothing yet: its backlog is stuck in the sockets while
+                # five batches come, one at a time.
+                for n, line in enumerate(meanwhile, start=len(backlog) + 1):
+                    await process.write(f"{line}\n".encode())
+                    await lines_read(process, n)
+                assert await hello(client) == since
+                got = await lines(client, len(backlog) + len(meanwhile))
+                assert [text for _, text in got] == backlog + meanwhile
+            stderr = await stop(process)
+    assert "1008" not in stderr

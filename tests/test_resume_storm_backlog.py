@@ -18,6 +18,7 @@ import trio
 
 from trio_broadcast.client import BACKLOG_CHUNK, _Opening, _Sender
 from trio_broadcast.counters import Counters
+from trio_broadcast.fanout import Fanout
 from trio_broadcast.frame_stream import FrameStream
 from trio_broadcast.retention import Retention
 
@@ -42,7 +43,8 @@ async def test_other_tasks_run_between_the_chunks_of_a_resumed_backlog() -> None
         server_side.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
         stream = FrameStream(server_side, send_timeout=5.0)
         sender = _Sender(stream, Counters(), v1=True)
-        opening = _Opening(retention, retention.id(0), 0, retention.position())
+        subscription = Fanout[bytes]().subscribe(join=False)
+        opening = _Opening(retention, retention.id(0), 0, subscription)
         ticks = 0
 
         async def other_task() -> None:

@@ -197,15 +197,15 @@ class Client:
     resume_from: str | None = None
     """The last line's ID, or the hello's: what it sends back as ``since``."""
     connected: bool = False
-    backlog: tuple[str, str] | None = None
-    """``(after, until)`` still to read, while catching up."""
-    queued: list[int] = field(default_factory=list)
-    """Live lines waiting behind the backlog (the fan-out queue)."""
+    after: str | None = None
+    """While catching up: the last position sent (``None`` once it is live)."""
     expected_next: int | None = None
     """The line that must come next, when known."""
 
 
 class Resumes(RuleBasedStateMachine):
+    """The server's side, as client._Opening and the fan-out do it."""
+
     @initialize(max_lines=st.integers(0, 12), max_bytes=st.integers(0, 120))
     def setup(self, max_lines: int, max_bytes: int) -> None:
         self.retention = Retention(max_lines, max_bytes, epoch="run")
@@ -216,56 +216,52 @@ class Resumes(RuleBasedStateMachine):
     def publish(self, count: int) -> None:
         lines = [f"line {self.published + n}" for n in range(1, count + 1)]
         first = self.retention.extend(lines, [len(line) for line in lines])
-        numbers = list(range(first, first + count))
         self.published += count
         for client in self.clients:
-            if client.connected and client.backlog is None:
-                self._deliver(client, numbers)
-            elif client.connected:
-                client.queued += numbers
+            if client.connected and client.after is None:  # joined: live
+                self._deliver(client, list(range(first, first + count)))
 
     @precondition(lambda self: any(not client.connected for client in self.clients))
     @rule(data=st.data(), history=st.integers(0, 5))
     def connect(self, data: st.DataObject, history: int) -> None:
         client = data.draw(st.sampled_from([c for c in self.clients if not c.connected]))
-        until = self.retention.position()  # subscribing: live lines come after this
-        start = now(self.retention.start(client.resume_from, history, until))
+        start = now(self.retention.start(client.resume_from, history, self.retention.position()))
         client.connected = True
         client.resume_from = start.position
         number = self.retention.number(start.position)
         assert number is not None
         if start.gap is not None:
             client.gaps.append(start.gap)
-            assert client.resume_from is not None
             if start.gap.missed is not None:
                 assert client.expected_next is not None
                 assert number + 1 - client.expected_next == start.gap.missed
         elif client.expected_next is not None:
             assert number + 1 == client.expected_next, "an exact resume starts right after"
         client.expected_next = number + 1
-        client.backlog = (start.position, until)
-        now(self.retention.read(start.position, until, 1))  # a start is never already evicted
+        client.after = start.position
+        # A start is never already evicted.
+        now(self.retention.read(start.position, self.retention.position(), 1))
 
-    @precondition(lambda self: any(client.backlog for client in self.clients))
+    @precondition(lambda self: any(c.connected and c.after is not None for c in self.clients))
     @rule(data=st.data(), limit=st.integers(1, 4))
     def catch_up(self, data: st.DataObject, limit: int) -> None:
-        client = data.draw(st.sampled_from([c for c in self.clients if c.backlog]))
-        assert client.backlog is not None
-        after, until = client.backlog
-        try:
-            entries = now(self.retention.read(after, until, limit))
-        except Evicted:
-            self._drop(client)  # cut off: it resumes from what it got
+        catching_up = [c for c in self.clients if c.connected and c.after is not None]
+        client = data.draw(st.sampled_from(catching_up))
+        assert client.after is not None
+        until = self.retention.position()
+        if client.after == until:
+            client.after = None  # joins the fan-out: live from the next line
             return
-        if entries:
-            client.backlog = (entries[-1][0], until)
-            numbers = [self.retention.number(id) for id, _ in entries]
-            assert all(line == f"line {n}" for (_, line), n in zip(entries, numbers, strict=True))
-            self._deliver(client, [n for n in numbers if n is not None])
-        else:
-            client.backlog = None
-            self._deliver(client, client.queued)
-            client.queued = []
+        try:
+            entries = now(self.retention.read(client.after, until, limit))
+        except Evicted:
+            self._drop(client)  # closed: it resumes from what it got
+            return
+        assert entries, "nothing to read, yet not at the position"
+        numbers = [self.retention.number(id) for id, _ in entries]
+        assert all(line == f"line {n}" for (_, line), n in zip(entries, numbers, strict=True))
+        self._deliver(client, [n for n in numbers if n is not None])
+        client.after = entries[-1][0]
 
     @precondition(lambda self: any(client.connected for client in self.clients))
     @rule(data=st.data())
@@ -281,16 +277,14 @@ class Resumes(RuleBasedStateMachine):
 
     def _drop(self, client: Client) -> None:
         client.connected = False
-        client.backlog = None
-        client.queued = []
+        client.after = None
 
     @invariant()
     def every_client_saw_each_line_once_in_order_with_gaps_announced(self) -> None:
         for client in getattr(self, "clients", []):
             assert client.received == sorted(set(client.received))
-            jumps = sum(
-                b - a - 1 for a, b in zip(client.received, client.received[1:], strict=False)
-            )
+            pairs = zip(client.received, client.received[1:], strict=False)
+            jumps = sum(b - a - 1 for a, b in pairs)
             announced = [gap.missed for gap in client.gaps]
             assert None not in announced  # every ID came from this run
             assert jumps <= sum(missed or 0 for missed in announced)

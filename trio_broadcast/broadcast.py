@@ -101,12 +101,11 @@ class Broadcast:
         """Join as a plain client: the history, then the live feed."""
         return self.plain.subscribe(deliver)
 
-    def subscribe_v1(self, deliver: Deliver[bytes]) -> tuple[Subscription[bytes], str]:
-        """Join as a v1 client: live lines after the position returned, which is
-        where its backlog (:meth:`History.read`) ends. Nothing comes through
-        ``deliver`` before the subscription's first :meth:`~Subscription.receive`,
-        so the backlog goes out first."""
-        return self.v1.subscribe(deliver, history=False, held=True), self.history.position()
+    def subscribe_v1(self, deliver: Deliver[bytes]) -> Subscription[bytes]:
+        """A v1 client's subscription, not joined yet: the client first catches
+        up from :attr:`history`, then joins (:meth:`Subscription.join`) when
+        it has sent every line up to :meth:`History.position`."""
+        return self.v1.subscribe(deliver, history=False, join=False)
 
     def close(self) -> None:
         """End the feed for every client (see :meth:`Fanout.close`)."""

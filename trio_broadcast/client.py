@@ -164,28 +164,44 @@ class _Sender:
 class _Opening:
     """What a v1 client is sent before its live feed: hello, gap notice, backlog.
 
+    The backlog is read from the history up to its current position, chunk by
+    chunk, and the position is looked at again after each chunk: lines keep
+    coming while a client catches up, and it reads them from the history too.
+    Only once it has sent everything up to the position does it join the
+    fan-out, with no checkpoint in between, so the live feed starts right
+    after. Until then nothing queues up for it, so however long it takes, its
+    queue cannot overflow; a client slower than the feed falls behind the
+    history instead, and is closed (:data:`FELL_BEHIND`).
+
     :attr:`greeted` is set once the hello (and gap notice) are written: echoes
     wait for it, so that the hello is always the first message.
     """
 
-    def __init__(self, history: History, since: str | None, lines: int, until: str) -> None:
+    def __init__(
+        self, history: History, since: str | None, lines: int, subscription: Subscription[bytes]
+    ) -> None:
         self._history = history
         self._since = since
         self._lines = lines
-        self._until = until
+        self._subscription = subscription
         self.greeted = trio.Event()
 
     async def send(self, sender: _Sender) -> Ending | None:
-        """Send it all; or return why the connection must end instead."""
+        """Send it all and join the live feed; or return why the connection must end."""
+        history = self._history
         try:
-            start = await self._history.start(self._since, self._lines, self._until)
+            start = await history.start(self._since, self._lines, history.position())
             greeting = [text_frame(subprotocol.hello(start.position))]
             if start.gap is not None:
                 greeting.append(text_frame(subprotocol.gap(start.gap.since, start.gap.missed)))
             await sender.write(greeting)
             self.greeted.set()
             after = start.position
-            while entries := await self._history.read(after, self._until, BACKLOG_CHUNK):
+            while (until := history.position()) != after:
+                entries = await history.read(after, until, BACKLOG_CHUNK)
+                if not entries:
+                    after = until  # what is left up to it is not for clients
+                    continue
                 await sender.send_frames(
                     [text_frame(subprotocol.line(id, line)) for id, line in entries]
                 )
@@ -197,6 +213,7 @@ class _Opening:
             return FELL_BEHIND
         except Unavailable:
             return TRY_AGAIN
+        self._subscription.join()  # caught up: live from the very next line
         return None
 
 
@@ -307,8 +324,8 @@ async def _subscribe(
     if not wants.v1:
         return broadcast.subscribe_plain(sender.deliver_nowait), None
     await broadcast.history.ready(wants.since)
-    subscription, until = broadcast.subscribe_v1(sender.deliver_nowait)
-    return subscription, _Opening(broadcast.history, wants.since, config.history, until)
+    subscription = broadcast.subscribe_v1(sender.deliver_nowait)
+    return subscription, _Opening(broadcast.history, wants.since, config.history, subscription)
 
 
 async def serve_client(

@@ -140,6 +140,18 @@ class Subscription(Generic[T]):
             )
         return trio.ClosedResourceError("this subscription was closed")
 
+    def join(self) -> None:
+        """Receive every batch published from now on (see ``join`` of :meth:`Fanout.subscribe`).
+
+        Synchronous: the caller can make sure that no checkpoint comes between
+        its last look at the feed and joining it, so that nothing falls between.
+        After :meth:`Fanout.close`, it gets :class:`trio.EndOfChannel` at once.
+        """
+        if self._fanout._closed:
+            self._send.close()
+        else:
+            self._fanout._subscribers[self] = None
+
     def close(self) -> None:
         """Unsubscribe. Idempotent; queued messages are discarded."""
         self._fanout._subscribers.pop(self, None)
@@ -213,7 +225,7 @@ class Fanout(Generic[T]):
         return self._closed
 
     def subscribe(
-        self, deliver: Deliver[T] | None = None, *, history: bool = True, held: bool = False
+        self, deliver: Deliver[T] | None = None, *, history: bool = True, join: bool = True
     ) -> Subscription[T]:
         """Join the feed: the history first (unless ``history=False``), then every
         batch published from now on.
@@ -221,20 +233,17 @@ class Fanout(Generic[T]):
         ``deliver``, if given, is tried before the queue whenever this
         subscriber is idle: it must not block, must not raise, and returns what
         to queue instead (see :data:`Deliver`), which is queued ahead of
-        anything newer. With ``held=True`` it is not tried before the first
-        :meth:`~Subscription.receive`, so that the consumer can first send
-        something of its own (a resumed backlog) without being overtaken. Use
-        the subscription as a context manager so that leaving unsubscribes.
+        anything newer. With ``join=False`` the subscription receives nothing
+        until :meth:`Subscription.join`: a consumer that first catches up from
+        elsewhere (a resumed backlog) joins once it has, and nothing queues up
+        for it meanwhile. Use the subscription as a context manager so that
+        leaving unsubscribes.
         """
         send, receive = trio.open_memory_channel[tuple[T, ...]](self.queue_size)
         backlog = list(self._history) if history else []
         subscription = Subscription(self, send, receive, backlog, deliver)
-        if held:
-            subscription._clear = False
-        if self._closed:
-            send.close()
-        else:
-            self._subscribers[subscription] = None
+        if join:
+            subscription.join()
         return subscription
 
     def publish(self, messages: Sequence[T]) -> None:

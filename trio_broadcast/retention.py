@@ -6,17 +6,17 @@ every retained line after it, then the live feed. A :class:`History` is where
 those lines are kept: :class:`Retention`, this module's, in the server's memory;
 or, with ``--redis``, the stream itself
 (:class:`~trio_broadcast.redis_stream.StreamHistory`), whose entry IDs are the
-same on every instance. Both answer the same three questions, and the client
-task (:mod:`trio_broadcast.client`) asks them in this order:
+same on every instance. Both answer the same questions, and the client task
+(:mod:`trio_broadcast.client`) asks them in this order:
 
-1. :meth:`History.position`, with no checkpoint between it and subscribing to
-   the fan-out: the ID of the last line published, so that everything after it
-   reaches the new subscriber live, and everything up to it is its *backlog*;
-2. :meth:`History.start`: where this client's feed starts (the hello's ID),
+1. :meth:`History.start`: where this client's feed starts (the hello's ID),
    and whether a :class:`Gap` must be reported first;
-3. :meth:`History.read`, chunk by chunk: the backlog, from the start up to the
-   position of step 1. The backlog is read as it is sent, so a client catching
-   up holds one chunk, never a copy of what is retained.
+2. :meth:`History.read`, chunk by chunk, up to :meth:`History.position` (the
+   ID of the last line published), looked at again after each chunk: the
+   backlog, read as it is sent, so a client catching up holds one chunk, never
+   a copy of what is retained;
+3. once it has sent everything up to :meth:`History.position`, it joins the
+   fan-out with no checkpoint in between, and the live feed follows.
 
 On one instance an ID is ``EPOCH:SEQ``: the epoch is drawn at random when the
 server starts, so that an ID from an earlier run is recognised as such (a gap,
