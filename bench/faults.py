@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -726,8 +727,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the short form (CI)")
     parser.add_argument("--out", type=Path, help="where to write the JSON results")
+    parser.add_argument(
+        "--resume-storm",
+        type=int,
+        metavar="N",
+        help="only the resume storm, with N clients (the bench's reconnect-storm figure: "
+        "how long until N resuming clients have caught up)",
+    )
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
+    if args.resume_storm is not None:
+        size = dataclasses.replace(size, resume_clients=args.resume_storm)
     began = time.monotonic()
     raise_fd_limit()
     pinning = setup_pinning()
@@ -743,15 +753,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"faults ({'quick' if args.quick else 'full'}); {pinning.note}; logs: {log_dir}")
     results: Result = {"quick": args.quick, "size": size.__dict__}
     try:
-        results["storm"] = storm(h, size, check)
+        if args.resume_storm is None:
+            results["storm"] = storm(h, size, check)
         results["resume_storm"] = resume_storm(h, size, check)
-        results["descriptor_limit"] = descriptor_limit(h, check)
-        results["shutdown"] = shutdown(h, size, check)
+        if args.resume_storm is None:
+            results["descriptor_limit"] = descriptor_limit(h, check)
+            results["shutdown"] = shutdown(h, size, check)
     except BenchError as exc:
         check(False, f"the run could not finish: {exc}")
     results["failed"] = check.failed
     results["run_seconds"] = round(time.monotonic() - began, 1)
-    out = args.out or RESULTS / f"faults{'-quick' if args.quick else ''}.json"
+    name = "resume-storm" if args.resume_storm is not None else "faults"
+    out = args.out or RESULTS / f"{name}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     verdict = "FAILED: " + "; ".join(check.failed) if check.failed else "all checks passed"
