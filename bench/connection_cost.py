@@ -44,7 +44,6 @@ import importlib
 import json
 import os
 import pstats
-import resource
 import shutil
 import signal
 import subprocess
@@ -61,6 +60,7 @@ from types import FrameType
 from typing import Any
 
 import trio
+from run import free_port, raise_fd_limit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.wire
 from tests.wire import (
@@ -278,23 +278,6 @@ def pin(core: int) -> list[str]:
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         return []
     return ["taskset", "-c", str(core)]
-
-
-def free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 65536
-    if soft < want:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 # ---------------------------------------------------------------- clients
