@@ -25,6 +25,7 @@ from trio_broadcast import subprotocol
 from trio_broadcast.retention import Evicted, Gap, Retention, Start
 
 from .conftest import budget
+from .wire import line_messages
 
 T = TypeVar("T")
 
@@ -37,6 +38,11 @@ def now(awaitable: Awaitable[T]) -> T:
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     raise AssertionError("a Retention method waited")
+
+
+def read(retention: Retention, after: str, until: str, limit: int) -> list[tuple[str, str]]:
+    """What :meth:`Retention.read` returns, as ``(ID, line)`` pairs."""
+    return line_messages(now(retention.read(after, until, limit)).frames)
 
 
 def retained(max_lines: int = 100, max_bytes: int = 1 << 20, lines: int = 0) -> Retention:
@@ -70,7 +76,7 @@ def test_each_run_draws_its_own_epoch() -> None:
 def test_retention_keeps_the_last_lines_by_count() -> None:
     retention = retained(max_lines=3, lines=10)
     assert (retention.lines, retention.first, retention.last) == (3, 8, 10)
-    assert now(retention.read("e:7", "e:10", 100)) == [
+    assert read(retention, "e:7", "e:10", 100) == [
         ("e:8", "line 8"),
         ("e:9", "line 9"),
         ("e:10", "line 10"),
@@ -133,9 +139,9 @@ def test_an_id_after_the_backlog_end_is_not_trusted() -> None:
 
 def test_read_returns_chunks_up_to_the_end_then_nothing() -> None:
     retention = retained(lines=10)
-    assert [id for id, _ in now(retention.read("e:2", "e:7", 3))] == ["e:3", "e:4", "e:5"]
-    assert [id for id, _ in now(retention.read("e:5", "e:7", 3))] == ["e:6", "e:7"]
-    assert now(retention.read("e:7", "e:7", 3)) == []
+    assert [id for id, _ in read(retention, "e:2", "e:7", 3)] == ["e:3", "e:4", "e:5"]
+    assert [id for id, _ in read(retention, "e:5", "e:7", 3)] == ["e:6", "e:7"]
+    assert read(retention, "e:7", "e:7", 3) == []
 
 
 def test_read_after_an_evicted_position_raises() -> None:
@@ -212,10 +218,14 @@ class Resumes(RuleBasedStateMachine):
         self.published = 0
         self.clients = [Client() for _ in range(3)]
 
-    @rule(count=st.integers(1, 6))
-    def publish(self, count: int) -> None:
+    @rule(count=st.integers(1, 6), v1=st.booleans())
+    def publish(self, count: int, v1: bool) -> None:
+        """With ``v1`` (a v1 client is connected), the batch is encoded as it is retained."""
         lines = [f"line {self.published + n}" for n in range(1, count + 1)]
-        first = self.retention.extend(lines, [len(line) for line in lines])
+        first = self.published + 1
+        frames = self.retention.extend(lines, [len(line) for line in lines], v1=v1)
+        expected = [(f"run:{first + n}", line) for n, line in enumerate(lines)]
+        assert line_messages(frames) == (expected if v1 else [])
         self.published += count
         for client in self.clients:
             if client.connected and client.after is None:  # joined: live
@@ -253,11 +263,13 @@ class Resumes(RuleBasedStateMachine):
             client.after = None  # joins the fan-out: live from the next line
             return
         try:
-            entries = now(self.retention.read(client.after, until, limit))
+            chunk = now(self.retention.read(client.after, until, limit))
         except Evicted:
             self._drop(client)  # closed: it resumes from what it got
             return
+        entries = line_messages(chunk.frames)
         assert entries, "nothing to read, yet not at the position"
+        assert chunk.last == entries[-1][0]
         numbers = [self.retention.number(id) for id, _ in entries]
         assert all(line == f"line {n}" for (_, line), n in zip(entries, numbers, strict=True))
         self._deliver(client, [n for n in numbers if n is not None])
@@ -278,6 +290,14 @@ class Resumes(RuleBasedStateMachine):
     def _drop(self, client: Client) -> None:
         client.connected = False
         client.after = None
+
+    @invariant()
+    def the_bounds_hold(self) -> None:
+        retention: Retention | None = getattr(self, "retention", None)
+        if retention is not None:
+            assert retention.lines <= retention.max_lines
+            assert retention.bytes <= retention.max_bytes
+            assert (retention.bytes == 0) == (retention.lines == 0)
 
     @invariant()
     def every_client_saw_each_line_once_in_order_with_gaps_announced(self) -> None:

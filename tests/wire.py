@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import shutil
 import socket
 import struct
 import sys
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +142,16 @@ class Frame:
     def close_code(self) -> int | None:
         assert self.opcode == CLOSE, self
         return int(struct.unpack("!H", self.payload[:2])[0]) if self.payload else None
+
+
+def line_messages(frames: Sequence[bytes]) -> list[tuple[str, str]]:
+    """The ``(ID, line)`` of each ``trio-broadcast.v1`` ``line`` message in ``frames``."""
+    parser = ServerFrameParser()
+    messages = [json.loads(frame.text) for frame in parser.feed(b"".join(frames))]
+    assert parser.incomplete == 0
+    assert len(messages) == len(frames), messages
+    assert all(message["type"] == "line" for message in messages), messages
+    return [(message["id"], message["line"]) for message in messages]
 
 
 class ServerFrameParser:

@@ -85,17 +85,17 @@ class Broadcast:
         self, lines: Sequence[str], ids: Sequence[str] | None
     ) -> tuple[Held[bytes], Held[bytes]]:
         frames = encode_lines(lines)
+        v1 = self.v1.subscribers > 0
+        messages: list[bytes] = []
         if self.retention is not None:
-            first = self.retention.extend(lines, [len(frame) for frame in frames])
-            if self.v1.subscribers:
-                ids = [self.retention.id(number) for number in range(first, first + len(lines))]
+            messages = self.retention.extend(lines, [len(frame) for frame in frames], v1=v1)
         elif ids is None:
             raise ValueError("a source that keeps the history must name its lines")
-        held_v1: Held[bytes] = []
-        if self.v1.subscribers and ids is not None:
-            messages = [subprotocol.line(i, line) for i, line in zip(ids, lines, strict=True)]
-            held_v1 = self.v1.publish_held([text_frame(message) for message in messages])
-        return held_v1, self.plain.publish_held(frames)
+        elif v1:
+            messages = [
+                text_frame(subprotocol.line(i, line)) for i, line in zip(ids, lines, strict=True)
+            ]
+        return self.v1.publish_held(messages), self.plain.publish_held(frames)
 
     def subscribe_plain(self, deliver: Deliver[bytes]) -> Subscription[bytes]:
         """Join as a plain client: the history, then the live feed."""

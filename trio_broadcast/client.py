@@ -198,14 +198,12 @@ class _Opening:
             self.greeted.set()
             after = start.position
             while (until := history.position()) != after:
-                entries = await history.read(after, until, BACKLOG_CHUNK)
-                if not entries:
+                chunk = await history.read(after, until, BACKLOG_CHUNK)
+                if not chunk.frames:
                     after = until  # what is left up to it is not for clients
                     continue
-                await sender.send_frames(
-                    [text_frame(subprotocol.line(id, line)) for id, line in entries]
-                )
-                after = entries[-1][0]
+                await sender.send_frames(chunk.frames)
+                after = chunk.last
                 # Neither the read nor a write the socket takes at once yields:
                 # without this, a long backlog would hold up every other client.
                 await trio.lowlevel.checkpoint()

@@ -13,8 +13,8 @@ same on every instance. Both answer the same questions, and the client task
    and whether a :class:`Gap` must be reported first;
 2. :meth:`History.read`, chunk by chunk, up to :meth:`History.position` (the
    ID of the last line published), looked at again after each chunk: the
-   backlog, read as it is sent, so a client catching up holds one chunk, never
-   a copy of what is retained;
+   backlog, read as it is sent, so a client catching up holds one
+   :class:`Chunk` of frames ready to write, never a copy of what is retained;
 3. once it has sent everything up to :meth:`History.position`, it joins the
    fan-out with no checkpoint in between, and the live feed follows.
 
@@ -28,11 +28,12 @@ no I/O and no Trio, tested by feeding it lines.
 from __future__ import annotations
 
 import secrets
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Protocol
+
+from . import subprotocol
+from .frames import text_frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,16 @@ class Start:
     """The hello's ID: the backlog is every line after it."""
     gap: Gap | None = None
     """Reported before anything else, when the resume could not be exact."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Part of a backlog, as :meth:`History.read` returns it."""
+
+    frames: list[bytes]
+    """The lines' ``line`` messages, as text frames ready to be written, in order."""
+    last: str
+    """The ID of the last of them: the next read starts after it."""
 
 
 class Evicted(Exception):
@@ -85,10 +96,10 @@ class History(Protocol):
         the history cannot be read now.
         """
 
-    async def read(self, after: str, until: str, limit: int) -> list[tuple[str, str]]:
-        """Up to ``limit`` ``(ID, line)`` pairs after ``after``, up to ``until``.
+    async def read(self, after: str, until: str, limit: int) -> Chunk:
+        """Up to ``limit`` lines after ``after``, up to ``until``, ready to send.
 
-        An empty list means nothing is left up to ``until``. Raises
+        No frames mean nothing is left up to ``until``. Raises
         :class:`Evicted` if lines after ``after`` are no longer kept, and
         :class:`Unavailable` if the history cannot be read now.
         """
@@ -99,10 +110,13 @@ class Retention:
 
     :meth:`extend` is called with every published batch, in order; the oldest
     lines are forgotten as soon as more than ``max_lines`` lines, or more than
-    ``max_bytes`` bytes of them, are kept. A line's size is what the caller
-    says: the server counts its text frame (the UTF-8 line and 2 to 10 bytes
-    of header). The async methods make no checkpoint: they answer at once,
-    from memory.
+    ``max_bytes`` bytes of them, are kept. Each line is kept in the form it
+    is sent in: its text, until a ``trio-broadcast.v1`` client needs it, then
+    its ``line`` message as a text frame, encoded once for every client that
+    catches up on it (a storm of resuming clients reads the same lines over and
+    over). A line's size is that of the frame it would be sent in: its text
+    frame, as the caller gives it to :meth:`extend`, then its ``line`` frame.
+    The async methods make no checkpoint: they answer at once, from memory.
     """
 
     def __init__(self, max_lines: int, max_bytes: int, *, epoch: str | None = None) -> None:
@@ -112,38 +126,92 @@ class Retention:
         """Drawn at random for each run: an ID with another epoch is from another run."""
         self.max_lines = max_lines
         self.max_bytes = max_bytes
-        self._lines: deque[str] = deque()
-        self._sizes: deque[int] = deque()
         self.bytes = 0
         """The sizes of the lines retained, added up."""
         self.last = 0
         """The number of the last line published (lines are numbered from 1)."""
+        # A list read from _head on, rather than a deque, so that a chunk of a
+        # backlog is a slice, wherever it starts; the forgotten head is cut
+        # off once it is as long as what is kept (amortised O(1) a line).
+        self._kept: list[str | bytes] = []
+        self._sizes: list[int] = []
+        self._head = 0
 
     @property
     def lines(self) -> int:
         """How many lines are retained."""
-        return len(self._lines)
+        return len(self._kept) - self._head
 
     @property
     def first(self) -> int:
         """The number of the oldest line retained (``last + 1`` when none is)."""
-        return self.last - len(self._lines) + 1
+        return self.last - self.lines + 1
 
     def id(self, number: int) -> str:
         """The ID of line ``number`` of this run."""
         return f"{self.epoch}:{number}"
 
-    def extend(self, lines: Sequence[str], sizes: Sequence[int]) -> int:
-        """Retain a published batch (``sizes``: each line's size); return its first number."""
+    def extend(
+        self, lines: Sequence[str], sizes: Sequence[int], *, v1: bool = False
+    ) -> list[bytes]:
+        """Retain a published batch (``sizes``: each line's text frame's size).
+
+        With ``v1``, encode the batch's ``line`` messages now, keep them in
+        place of the text, and return them (for the v1 clients' live feed);
+        else return ``[]``.
+        """
         first = self.last + 1
         self.last += len(lines)
-        self._lines.extend(lines)
+        if v1:
+            frames = [
+                text_frame(subprotocol.line(self.id(number), line))
+                for number, line in enumerate(lines, first)
+            ]
+            self._kept.extend(frames)
+            sizes = [len(frame) for frame in frames]
+        else:
+            frames = []
+            self._kept.extend(lines)
         self._sizes.extend(sizes)
         self.bytes += sum(sizes)
-        while self._lines and (len(self._lines) > self.max_lines or self.bytes > self.max_bytes):
-            self._lines.popleft()
-            self.bytes -= self._sizes.popleft()
-        return first
+        self._trim()
+        return frames
+
+    def _trim(self) -> None:
+        kept, sizes = self._kept, self._sizes
+        while self._head < len(kept) and (
+            len(kept) - self._head > self.max_lines or self.bytes > self.max_bytes
+        ):
+            self.bytes -= sizes[self._head]
+            kept[self._head] = ""  # let the line go now, not at the next cut
+            self._head += 1
+        if self._head > 1024 and 2 * self._head >= len(kept):
+            del kept[: self._head]
+            del sizes[: self._head]
+            self._head = 0
+
+    def _frames(self, first: int, stop: int) -> list[bytes]:
+        """The ``line`` frames of lines ``first`` to ``stop - 1``, all retained.
+
+        Encodes those still kept as text, and keeps the frames in their place.
+        """
+        kept, sizes = self._kept, self._sizes
+        begin = self._head + first - self.first
+        frames: list[bytes] = []
+        grown = 0
+        for at, number in enumerate(range(first, stop), begin):
+            item = kept[at]
+            if isinstance(item, str):
+                item = kept[at] = text_frame(subprotocol.line(self.id(number), item))
+                grown += len(item) - sizes[at]
+                sizes[at] = len(item)
+            frames.append(item)
+        if grown:
+            # Encoded lines are larger: the bound holds again from now on (a
+            # reader holding these frames may then find the next ones evicted).
+            self.bytes += grown
+            self._trim()
+        return frames
 
     def number(self, position: str) -> int | None:
         """The line number of an ID of this run, or ``None`` (another run, or not an ID)."""
@@ -170,17 +238,14 @@ class Retention:
             return Start(self.id(self.first - 1), Gap(since, self.first - 1 - after))
         return Start(self.id(after))
 
-    async def read(self, after: str, until: str, limit: int) -> list[tuple[str, str]]:
+    async def read(self, after: str, until: str, limit: int) -> Chunk:
         start, end = self._known(after), self._known(until)
         if start < self.first - 1:
             raise Evicted(f"lines after {after} are no longer retained")
         stop = min(end, start + limit)
         if stop <= start:
-            return []
-        offset = start + 1 - self.first
-        lines = islice(self._lines, offset, offset + stop - start)
-        numbers = range(start + 1, stop + 1)
-        return [(self.id(number), line) for number, line in zip(numbers, lines, strict=True)]
+            return Chunk([], after)
+        return Chunk(self._frames(start + 1, stop + 1), self.id(stop))
 
     def _known(self, position: str) -> int:
         number = self.number(position)

@@ -34,7 +34,7 @@ from trio_broadcast.retention import Evicted, Gap, Start, Unavailable
 
 from ..conftest import Process
 from ..e2e import recv_texts, seen_connected, stop, url_port, ws
-from ..wire import reset
+from ..wire import line_messages, reset
 from .conftest import RedisServer
 from .test_redis_stream import channel
 from .test_scale_out import assert_clean, instance, write_lines
@@ -369,7 +369,7 @@ class Following:
         return await self.history.start(since, history, self.position)
 
     async def read(self, after: str, limit: int = 100) -> list[tuple[str, str]]:
-        return await self.history.read(after, self.position, limit)
+        return line_messages((await self.history.read(after, self.position, limit)).frames)
 
 
 @asynccontextmanager
@@ -413,7 +413,8 @@ async def test_an_id_still_in_the_stream_is_exact(redis_server: RedisServer) -> 
         assert await stream.start(ids[1]) == Start(ids[1])
         assert await stream.read(ids[1]) == list(zip(ids[2:], "cde", strict=True))
         assert await stream.read(ids[1], limit=2) == list(zip(ids[2:4], "cd", strict=True))
-        assert await stream.history.read(ids[1], ids[2], 100) == [(ids[2], "c")]
+        chunk = await stream.history.read(ids[1], ids[2], 100)
+        assert (line_messages(chunk.frames), chunk.last) == ([(ids[2], "c")], ids[2])
         assert await stream.read(ids[4]) == []  # nothing after the position: the end
 
 

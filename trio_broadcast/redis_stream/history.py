@@ -29,7 +29,9 @@ from typing import TypeVar
 
 import trio
 
-from ..retention import Evicted, Gap, Start, Unavailable
+from .. import subprotocol
+from ..frames import text_frame
+from ..retention import Chunk, Evicted, Gap, Start, Unavailable
 from .adapter import RedisStream, unreachable
 from .entries import EntryId
 
@@ -97,20 +99,24 @@ class StreamHistory:
         # Older than the stream's start (its lines were trimmed), or not one of its IDs.
         return Start(str(start), Gap(since, None))
 
-    async def read(self, after: str, until: str, limit: int) -> list[tuple[str, str]]:
+    async def read(self, after: str, until: str, limit: int) -> Chunk:
         position, end = EntryId.parse(after), EntryId.parse(until)
         if position >= end:
-            return []  # nothing to catch up on, so a new client needs no Redis
+            return Chunk([], after)  # nothing to catch up on, so a new client needs no Redis
         while True:
             entries = await self._ask(self._stream.between, position, end, limit)
             if position < await self._ask(self._stream.start):
                 # Entries after it may have been trimmed before they were read.
                 raise Evicted(f"entries after {after} were trimmed from the stream")
             if not entries:
-                return []
-            lines = [(str(entry), line) for entry, line in entries if line is not None]
-            if lines:
-                return lines
+                return Chunk([], after)
+            frames = [
+                text_frame(subprotocol.line(str(entry), line))
+                for entry, line in entries
+                if line is not None
+            ]
+            if frames:
+                return Chunk(frames, str(entries[-1][0]))
             position = entries[-1][0]  # only entries that are not ours: read on
 
     async def _ask(self, call: Callable[..., Awaitable[T]], *args: object) -> T:
