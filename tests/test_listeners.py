@@ -1,4 +1,4 @@
-"""The accept loop at the file-descriptor limit, with two listening sockets.
+"""The accept loop: a burst of waiting connections, and the file-descriptor limit.
 
 The server's own end-to-end test (``test_command``) has one listener; a host
 name that resolves to several addresses gives several, which then compete for
@@ -8,10 +8,58 @@ the one reserve descriptor. The loop runs in a subprocess with a low
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
 import trio
+
+from trio_broadcast.listeners import DescriptorReserve, accept_forever
+
+WAITING = 50
+
+
+async def test_the_connections_waiting_in_the_queue_are_accepted_in_one_go() -> None:
+    """Found by the resume storm with 5,000 clients: the listen queue overflowed.
+
+    Trio's ``accept()`` yields after each connection, so a loop of awaited
+    accepts takes one connection per round of the scheduler; on a busy server
+    a round is long. Here a task that checkpoints in a loop counts the rounds:
+    every waiting connection must be handed to its handler within one.
+    """
+    with trio.fail_after(10):
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        port = listener.socket.getsockname()[1]
+        # Blocking connects: the kernel completes each, then it waits in the queue.
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(WAITING)]
+        rounds = 0
+        started_in: list[int] = []
+        all_started = trio.Event()
+
+        async def count_rounds() -> None:
+            nonlocal rounds
+            while True:
+                rounds += 1
+                await trio.lowlevel.checkpoint()
+
+        async def handler(stream: trio.abc.Stream) -> None:
+            started_in.append(rounds)
+            await stream.aclose()
+            if len(started_in) == WAITING:
+                all_started.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(count_rounds)
+            nursery.start_soon(
+                accept_forever, listener, handler, nursery, DescriptorReserve(), lambda: None
+            )
+            await all_started.wait()
+            nursery.cancel_scope.cancel()
+        for client in clients:
+            client.close()
+        await listener.aclose()
+    assert max(started_in) - min(started_in) <= 1, started_in
+
 
 # The server side: two listeners, one accept loop each, one shared reserve.
 # Each accepted connection is told "in", and closed once its client has spoken.

@@ -22,6 +22,17 @@ descriptors"; a TLS listener just closes it) and the reserve is retaken from
 the descriptor that frees. If it can, a client left in the meantime and the
 connection is served as usual. Either way no client waits for nothing, and new
 clients are served again as soon as old ones leave.
+
+After each connection it accepts, the loop also takes every other connection
+already waiting in the listen queue, without yielding in between (up to
+:data:`ACCEPT_BURST`). Trio's ``accept()`` yields to the scheduler after each
+connection, so a busy server would otherwise take one connection per round of
+its runnable tasks: in a reconnect storm of 5,000 clients, each round takes
+long, the kernel's queue (``net.core.somaxconn``) overflows, and the dropped
+clients retry seconds later, which is when they give up. This burst needs the
+listening socket's descriptor without Trio in between, so the loop reads a
+duplicate of it (``os.dup``), for plain listeners; a TLS listener accepts one
+connection at a time (its handshake costs far more than the accept).
 """
 
 from __future__ import annotations
@@ -31,8 +42,8 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
 
 import trio
 
@@ -50,6 +61,9 @@ NO_MEMORY = (errno.ENOBUFS, errno.ENOMEM)
 """The kernel is short of memory for a new socket: wait a little and retry."""
 RETRY_DELAY = 0.1
 """Seconds to wait before accepting again after a shortage the reserve cannot help."""
+ACCEPT_BURST = 256
+"""Connections accepted at most in one go (see the module's docstring): a bound, so
+that the loop yields now and then however fast clients arrive."""
 
 REFUSAL = http_response(
     503,
@@ -159,27 +173,64 @@ async def accept_forever(
     for want of a descriptor (to count and log it). Other errors from
     ``accept`` propagate, as in ``trio.serve_listeners``.
     """
-    while True:
-        stream: trio.abc.Stream | None
-        try:
-            stream = await listener.accept()
-        except OSError as exc:
-            if exc.errno in NO_DESCRIPTOR and reserve.held:
-                stream = await _accept_at_the_limit(listener, reserve, on_refused)
-                if stream is None:
+    with _waiting_queue(listener) as waiting:
+        while True:
+            stream: trio.abc.Stream | None
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in NO_DESCRIPTOR and reserve.held:
+                    stream = await _accept_at_the_limit(listener, reserve, on_refused)
+                    if stream is None:
+                        continue
+                elif exc.errno in NO_DESCRIPTOR + NO_MEMORY:
+                    # No reserve to spend (another listener is spending it, or it
+                    # was lost), or no memory: the connection waits in the listen
+                    # queue a moment. The kernel has no event for "a descriptor
+                    # is free again", so this is the one place that retries on a timer.
+                    await trio.sleep(RETRY_DELAY)
+                    if not reserve.lock.locked():
+                        reserve.take()
                     continue
-            elif exc.errno in NO_DESCRIPTOR + NO_MEMORY:
-                # No reserve to spend (another listener is spending it, or it
-                # was lost), or no memory: the connection waits in the listen
-                # queue a moment. The kernel has no event for "a descriptor
-                # is free again", so this is the one place that retries on a timer.
-                await trio.sleep(RETRY_DELAY)
-                if not reserve.lock.locked():
-                    reserve.take()
-                continue
-            else:
-                raise
-        nursery.start_soon(handler, stream)
+                else:
+                    raise
+            nursery.start_soon(handler, stream)
+            for stream in _accept_waiting(waiting):
+                nursery.start_soon(handler, stream)
+
+
+@contextmanager
+def _waiting_queue(listener: trio.abc.Listener[trio.abc.Stream]) -> Iterator[socket.socket | None]:
+    """A non-blocking duplicate of a plain listener's socket, to take its queue in a burst.
+
+    ``None`` for a TLS listener. Closed on the way out; the listener stays open.
+    """
+    if not isinstance(listener, trio.SocketListener):
+        yield None
+        return
+    fd = os.dup(listener.socket.fileno())
+    with socket.socket(fileno=fd) as duplicate:
+        duplicate.setblocking(False)
+        yield duplicate
+
+
+def _accept_waiting(waiting: socket.socket | None) -> list[trio.abc.Stream]:
+    """The connections waiting in the listen queue now, up to :data:`ACCEPT_BURST`.
+
+    Stops at the first error: an empty queue, or a shortage (no descriptor, no
+    memory) that the next ``await listener.accept()`` deals with.
+    """
+    streams: list[trio.abc.Stream] = []
+    if waiting is None:
+        return streams
+    while len(streams) < ACCEPT_BURST:
+        try:
+            connection, _ = waiting.accept()
+        except OSError:  # BlockingIOError included: the queue is empty
+            break
+        # What trio.SocketListener.accept() makes of an accepted socket.
+        streams.append(trio.SocketStream(trio.socket.from_stdlib_socket(connection)))
+    return streams
 
 
 async def _accept_at_the_limit(
