@@ -114,6 +114,9 @@ class Size:
     resume_retain: int
     resume_after_seconds: float
     """And this long after every client has caught up, before memory is read again."""
+    resume_rate: int = 1000
+    """Lines/s during the resume storm (``--resume-rate``): 1,000 for 1,000 clients is a
+    million deliveries/s, about what one core serves; the 5,000-client figure runs at 200."""
 
 
 FULL = Size(
@@ -418,12 +421,12 @@ def resume_storm(h: Harness, size: Size, check: Checks) -> Result:
     """Every ``trio-broadcast.v1`` client reset at once mid-feed, then resumed at once."""
     n = size.resume_clients
     print(
-        f"\nresume storm: {n} trio-broadcast.v1 clients, 1,000 lines/s, --retain "
+        f"\nresume storm: {n} trio-broadcast.v1 clients, {size.resume_rate:,} lines/s, --retain "
         f"{size.resume_retain:,}; all reset (TCP RST) after {size.resume_before_seconds:g} s, "
         "all reconnect at once with ?since=",
         flush=True,
     )
-    result: Result = {"clients": n, "retain": size.resume_retain}
+    result: Result = {"clients": n, "rate": size.resume_rate, "retain": size.resume_retain}
     options = ("--retain", str(size.resume_retain))
     with contextlib.ExitStack() as stack:
         server, port = stack.enter_context(h.server("resume-server", *options))
@@ -456,18 +459,18 @@ def resume_storm(h: Harness, size: Size, check: Checks) -> Result:
         seq = MEASURE_FROM
         began = time.monotonic()
         while time.monotonic() < began + size.resume_before_seconds:
-            seq = feeder.paced(seq, 1000, time.monotonic() + 0.1, sample)
+            seq = feeder.paced(seq, size.resume_rate, time.monotonic() + 0.1, sample)
         before = rss_kb(server.pid)
         clients.send("reset")
         reset_at = time.monotonic()
         caught_up = None
         while caught_up is None and time.monotonic() < reset_at + RESUME_CATCH_UP + 5:
-            seq = feeder.paced(seq, 1000, time.monotonic() + 0.1, sample)
+            seq = feeder.paced(seq, size.resume_rate, time.monotonic() + 0.1, sample)
             caught_up = clients.poll_event("caught_up")
         storm_peak = peak
         settled_from = time.monotonic()
         while time.monotonic() < settled_from + size.resume_after_seconds:
-            seq = feeder.paced(seq, 1000, time.monotonic() + 0.1, sample)
+            seq = feeder.paced(seq, size.resume_rate, time.monotonic() + 0.1, sample)
         after = rss_kb(server.pid)
         feeder.finish()
         last = feeder.written_seq
@@ -734,10 +737,18 @@ def main(argv: list[str] | None = None) -> int:
         help="only the resume storm, with N clients (the bench's reconnect-storm figure: "
         "how long until N resuming clients have caught up)",
     )
+    parser.add_argument(
+        "--resume-rate",
+        type=int,
+        metavar="LINES",
+        help="lines/s of the feed during the resume storm (default 1,000)",
+    )
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     if args.resume_storm is not None:
         size = dataclasses.replace(size, resume_clients=args.resume_storm)
+    if args.resume_rate is not None:
+        size = dataclasses.replace(size, resume_rate=args.resume_rate)
     began = time.monotonic()
     raise_fd_limit()
     pinning = setup_pinning()
