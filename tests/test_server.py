@@ -26,12 +26,13 @@ from trio_websocket import (
     WebSocketRequest,
     serve_websocket,
 )
+from wsproto.frame_protocol import FrameProtocol
 
 from trio_broadcast import Config, OnFull, Server, StartupError, serve
 from trio_broadcast.protocol_errors import fix_close_handling
 
 from .conftest import LineFeed, running_server, wait_until, ws_client
-from .wire import reset, upgrade_request
+from .wire import RawClient, reset, upgrade_request
 
 
 @pytest.fixture(autouse=True)
@@ -530,3 +531,36 @@ async def test_statistics_is_one_frozen_snapshot() -> None:
                 now.clients = 2  # type: ignore[misc]
             with pytest.raises(TypeError):
                 now.handshakes["accepted"] = 2  # type: ignore[index]
+
+
+async def test_a_connection_that_ends_is_freed_without_the_cyclic_collector() -> None:
+    """Found by the resume storm: the server kept the memory of a reconnect storm.
+
+    wsproto's frame parser and our events() wrapper each made a reference
+    cycle, so the wsproto and h11 state of every ended connection waited for a
+    full pass of the garbage collector. With the collector off, ended
+    connections must leave no parser behind for it to find.
+    """
+    clients = 20
+    gc.collect()
+    gc.disable()
+    try:
+        with trio.fail_after(10):
+            async with running_server() as server:
+                port = server.port
+                connected = [await RawClient.handshake(port) for _ in range(clients)]
+                await wait_until(lambda: server.clients == clients)
+                await server.publish(["a line"])
+                for client in connected:
+                    client.reset()
+                    await client.aclose()
+                await wait_until(lambda: server.statistics().connections == 0)
+        # The server has stopped: whatever is left of the connections is unreachable.
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        parsers = [item for item in gc.garbage if isinstance(item, FrameProtocol)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert parsers == [], f"{len(parsers)} of {clients} parsers were left to the collector"

@@ -51,7 +51,7 @@ from .config import Config
 from .counters import Counters
 from .frame_stream import FrameStream
 from .handshake import BadRequest, RequestHead, http_response, read_request_head, send_last
-from .protocol_errors import fix_close_handling
+from .protocol_errors import break_cycles, fix_close_handling
 from .shutdown import Shutdown
 from .web import Site
 
@@ -94,6 +94,7 @@ class Connections:
         peer = peer_name(stream)
         self.open += 1
         frames: FrameStream | None = None
+        ws: WebSocketConnection | None = None
         try:
             async with trio.open_nursery() as plumbing:  # trio-websocket's reader task
                 try:
@@ -110,7 +111,9 @@ class Connections:
             log.exception("unexpected error on the connection from %s", peer)
         finally:
             self.open -= 1
-            if frames is not None:  # the reader is gone: the client's last bytes are ours
+            if ws is not None:  # the reader is gone: nothing parses any more
+                break_cycles(ws)
+            if frames is not None:  # the client's last bytes are ours
                 await frames.close()
             await trio.aclose_forcefully(stream)
 
