@@ -37,6 +37,7 @@ from trio_broadcast.counters import Counters
 from trio_broadcast.fanout import Fanout
 from trio_broadcast.frame_stream import FrameStream
 from trio_broadcast.frames import encode_lines
+from trio_broadcast.keepalive import KeepAlive
 
 from .conftest import wait_until
 from .wire import CLOSE, PING, PONG, TEXT, RawClient
@@ -94,6 +95,8 @@ async def serving(rcvbuf: int | None = None, **settings: Any) -> AsyncIterator[S
             await listener.aclose()
         ws, frames = accepted[0]
         served = Served(client, fanout, trio.CancelScope(), Counters())
+        # As the server does: one keep-alive for all its clients, in its nursery.
+        keepalive = KeepAlive(config.ping_interval, nursery) if config.ping_interval else None
 
         async def serve() -> None:
             async with frames.transport:  # as the server does: the connection's owner closes it
@@ -104,6 +107,7 @@ async def serving(rcvbuf: int | None = None, **settings: Any) -> AsyncIterator[S
                     stop=served.stop,
                     stream=frames,
                     counters=served.counters,
+                    keepalive=keepalive,
                 )
             served.done.set()
 

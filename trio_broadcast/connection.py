@@ -51,6 +51,7 @@ from .config import Config
 from .counters import Counters
 from .frame_stream import FrameStream
 from .handshake import BadRequest, RequestHead, http_response, read_request_head, send_last
+from .keepalive import KeepAlive
 from .protocol_errors import fix_close_handling
 from .shutdown import Shutdown
 from .web import Site
@@ -84,6 +85,8 @@ class Connections:
         self._shutdown = shutdown
         self._site = site
         self._refusals = RefusalThrottle()
+        self.keepalive: KeepAlive | None = None
+        """What pings the clients, set once the server's nursery is open (none: no pings)."""
         self.open = 0
         """Open TCP connections, including those still in the handshake."""
         self.clients = 0
@@ -234,6 +237,7 @@ class Connections:
                     stop=stop,
                     stream=stream,
                     counters=self._counters,
+                    keepalive=self.keepalive,
                 )
         finally:
             log.info(
