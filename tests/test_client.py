@@ -38,6 +38,7 @@ from trio_broadcast.fanout import Fanout
 from trio_broadcast.frame_stream import FrameStream
 from trio_broadcast.frames import encode_lines
 from trio_broadcast.keepalive import KeepAlive
+from trio_broadcast.shutdown import Shutdown
 
 from .conftest import wait_until
 from .wire import CLOSE, PING, PONG, TEXT, RawClient
@@ -49,7 +50,7 @@ class Served:
 
     client: RawClient
     fanout: Fanout[bytes]
-    stop: trio.CancelScope
+    stop: Shutdown
     counters: Counters
     done: trio.Event = field(default_factory=trio.Event)
     report: Report | None = None
@@ -94,7 +95,7 @@ async def serving(rcvbuf: int | None = None, **settings: Any) -> AsyncIterator[S
         for listener in listeners:
             await listener.aclose()
         ws, frames = accepted[0]
-        served = Served(client, fanout, trio.CancelScope(), Counters())
+        served = Served(client, fanout, Shutdown(), Counters())
         # As the server does: one keep-alive for all its clients, in its nursery.
         keepalive = KeepAlive(config.ping_interval, nursery) if config.ping_interval else None
 
@@ -166,7 +167,7 @@ async def test_without_echo_messages_are_still_read() -> None:
 async def test_the_stop_scope_closes_with_1001() -> None:
     with trio.fail_after(10):
         async with serving(ping_interval=0) as served:
-            served.stop.cancel()
+            served.stop.request()
             await served.close_handshake(1001)
             assert (await served.ended()).ending == GOING_AWAY
 

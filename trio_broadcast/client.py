@@ -58,6 +58,7 @@ from .frames import message_frame, text_frame
 from .keepalive import KeepAlive
 from .protocol_errors import fix_close_handling
 from .retention import Evicted, History, Unavailable
+from .shutdown import Shutdown
 
 log = logging.getLogger("trio_broadcast")
 
@@ -309,28 +310,35 @@ class _Race:
         self._draining = True
         self._nursery.start_soon(self._side, self._drain)
 
-    async def run(self, subscription: Subscription[bytes], close_timeout: float) -> Ending:
-        """Run the race until a side ends it: receiving in this task, the rest on demand."""
+    async def run(
+        self, subscription: Subscription[bytes], close_timeout: float, stop: Shutdown
+    ) -> Ending:
+        """Run the race until a side ends it: receiving in this task, the rest on demand.
+
+        Returns :data:`GOING_AWAY` if ``stop`` ended it. The race's nursery is
+        the one cancel scope of the race: ``stop`` cancels it, and so does :meth:`end`.
+        """
         self._subscription = subscription
         async with trio.open_nursery() as race:
             self._nursery = race
-            try:
-                if self.ending is not None:  # cut off before the race began
-                    race.cancel_scope.cancel()
-                if self._woken:
-                    self._woken = False
-                    self.wake()
-                if self.opening is not None:
-                    race.start_soon(self._side, self._open)
-                await self._side(self._receive)
-            finally:
-                # The race is over, by a side finishing or by cancellation from
-                # outside: from now on, closing has close_timeout in all, and that
-                # bounds a TLS write still in flight, which the nursery waits for.
-                self._over = True
-                self._stream.finish_by(trio.current_time() + close_timeout)
-        assert self.ending is not None
-        return self.ending
+            with stop.cancels(race.cancel_scope):
+                try:
+                    if self.ending is not None:  # cut off before the race began
+                        race.cancel_scope.cancel()
+                    if self._woken:
+                        self._woken = False
+                        self.wake()
+                    if self.opening is not None:
+                        race.start_soon(self._side, self._open)
+                    await self._side(self._receive)
+                finally:
+                    # The race is over, by a side finishing or by cancellation:
+                    # from now on, closing has close_timeout in all, and that
+                    # bounds a TLS write still in flight, which the nursery
+                    # waits for. Nothing new starts in it (see wake()).
+                    self._over = True
+                    self._stream.finish_by(trio.current_time() + close_timeout)
+        return GOING_AWAY if self.ending is None else self.ending
 
     async def _side(self, side: Callable[[], Awaitable[Ending | None]]) -> None:
         try:
@@ -404,7 +412,7 @@ async def serve_client(
     config: Config,
     *,
     wants: Wants = Wants(),
-    stop: trio.CancelScope,
+    stop: Shutdown,
     stream: FrameStream,
     counters: Counters | None = None,
     keepalive: KeepAlive | None = None,
@@ -414,12 +422,13 @@ async def serve_client(
     Then close it, and report why. ``wants`` is the feed it asked for: plain
     text, or ``trio-broadcast.v1`` messages, maybe resuming after an ID.
 
-    ``stop`` is the scope the server cancels to shut this client down: the race
-    runs inside it, and the close that follows runs outside it, so a shutdown
-    still gets its 1001 close frame out. ``stream`` is the connection's
-    :class:`FrameStream`, the one ``ws`` was made on: broadcast frames and
-    echoes are written to it directly, and it is closed at once when the
-    connection must be dropped rather than closed. Closing takes at most
+    ``stop`` is the server's :class:`~trio_broadcast.shutdown.Shutdown`, which
+    shuts this client down: it cancels the race (the race's own nursery is
+    registered with it: no scope of its own for that), and the close that
+    follows runs outside it, so a shutdown still gets its 1001 close frame out.
+    ``stream`` is the connection's :class:`FrameStream`, the one ``ws`` was
+    made on: broadcast frames and echoes are written to it directly, and it
+    is closed at once when the connection must be dropped rather than closed. Closing takes at most
     ``config.close_timeout`` seconds in all: finishing the frame in progress,
     the close frame, and the client's reply. Messages written are counted in
     ``counters``. ``keepalive`` is the server's, which pings it (none: no
@@ -435,12 +444,14 @@ async def serve_client(
     ending = GOING_AWAY
     dropped = 0
     try:
-        with stop:
+        # A v1 client may wait for the history before it subscribes.
+        with stop.cancels(trio.CancelScope()) as subscribing:
             subscription = await _subscribe(broadcast, wants, race, config)
+        if not subscribing.cancelled_caught:
             with subscription:
                 pinging = keepalive.add(race) if keepalive is not None else None
                 try:
-                    ending = await race.run(subscription, config.close_timeout)
+                    ending = await race.run(subscription, config.close_timeout, stop)
                 finally:
                     if pinging is not None:
                         pinging.remove()

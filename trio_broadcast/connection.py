@@ -223,17 +223,16 @@ class Connections:
         started = trio.current_time()
         report = Report(GOING_AWAY, 0, 0)  # what a hard stop leaves us to say
         try:
-            with self._shutdown.cancels(trio.CancelScope()) as stop:
-                report = await serve_client(
-                    ws,
-                    self._broadcast,
-                    self._config,
-                    wants=wants,
-                    stop=stop,
-                    stream=stream,
-                    counters=self._counters,
-                    keepalive=self.keepalive,
-                )
+            report = await serve_client(
+                ws,
+                self._broadcast,
+                self._config,
+                wants=wants,
+                stop=self._shutdown,
+                stream=stream,
+                counters=self._counters,
+                keepalive=self.keepalive,
+            )
         finally:
             log.info(
                 "client %s %s after %.1f s, %d messages sent%s",
