@@ -330,7 +330,12 @@ class _Race:
                         self.wake()
                     if self.opening is not None:
                         race.start_soon(self._side, self._open)
-                    await self._side(self._receive)
+                    # The receiving side, in this task (as _side() does for the others).
+                    try:
+                        ending = await self._receive()
+                    except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                        ending = self._broken()
+                    self.end(ending)
                 finally:
                     # The race is over, by a side finishing or by cancellation:
                     # from now on, closing has close_timeout in all, and that
@@ -395,15 +400,19 @@ class Report:
 
 
 async def _subscribe(
-    broadcast: Broadcast, wants: Wants, race: _Race, config: Config
-) -> Subscription[bytes]:
+    broadcast: Broadcast, wants: Wants, race: _Race, config: Config, stop: Shutdown
+) -> Subscription[bytes] | None:
+    """The client's subscription, its opening for a v1 client; ``None`` if ``stop`` came first."""
     deliver = race.sender.deliver_nowait
     if not wants.v1:
         return broadcast.subscribe_plain(deliver, cut_off=race.cut_off, wake=race.wake)
-    await broadcast.history.ready(wants.since)
-    subscription = broadcast.subscribe_v1(deliver, cut_off=race.cut_off, wake=race.wake)
-    race.opening = _Opening(broadcast.history, wants.since, config.history, subscription)
-    return subscription
+    # The history may take a while to be ready: the shutdown must not wait for it.
+    with stop.cancels(trio.CancelScope()) as waiting, waiting:
+        await broadcast.history.ready(wants.since)
+        subscription = broadcast.subscribe_v1(deliver, cut_off=race.cut_off, wake=race.wake)
+        race.opening = _Opening(broadcast.history, wants.since, config.history, subscription)
+        return subscription
+    return None
 
 
 async def serve_client(
@@ -444,10 +453,8 @@ async def serve_client(
     ending = GOING_AWAY
     dropped = 0
     try:
-        # A v1 client may wait for the history before it subscribes.
-        with stop.cancels(trio.CancelScope()) as subscribing:
-            subscription = await _subscribe(broadcast, wants, race, config)
-        if not subscribing.cancelled_caught:
+        subscription = await _subscribe(broadcast, wants, race, config, stop)
+        if subscription is not None:
             with subscription:
                 pinging = keepalive.add(race) if keepalive is not None else None
                 try:
