@@ -455,14 +455,14 @@ async def serve_client(
     try:
         subscription = await _subscribe(broadcast, wants, race, config, stop)
         if subscription is not None:
-            with subscription:
-                pinging = keepalive.add(race) if keepalive is not None else None
-                try:
-                    ending = await race.run(subscription, config.close_timeout, stop)
-                finally:
-                    if pinging is not None:
-                        pinging.remove()
-                    dropped = subscription.dropped
+            pinging = keepalive.add(race) if keepalive is not None else None
+            try:
+                ending = await race.run(subscription, config.close_timeout, stop)
+            finally:
+                if pinging is not None:
+                    pinging.remove()
+                subscription.close()  # not a with: its bound __exit__ would stay 64 B
+                dropped = subscription.dropped
     except Exception:
         ending = INTERNAL_ERROR
         raise
