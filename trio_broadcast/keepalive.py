@@ -135,6 +135,13 @@ class KeepAlive:
 
     @staticmethod
     async def _ping(entry: Entry) -> None:
+        if entry.gone:
+            # It left between start_soon and now, and may be closing: wsproto
+            # refuses a ping after our close frame (LocalProtocolError), which
+            # would end this nursery, the server's. ws.ping() hands the ping to
+            # wsproto before its first checkpoint, so past this test the client
+            # is still in its race, and leaving cancels the wait for the pong.
+            return
         with trio.CancelScope() as entry.pinging:
             try:
                 await entry.client.ws.ping()
