@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+import trio.testing
 from trio_websocket import CloseReason, WebSocketConnection, wrap_server_stream
 
 from trio_broadcast import Config
@@ -30,6 +31,7 @@ from trio_broadcast.client import (
     TOO_SLOW,
     Ending,
     Report,
+    Wants,
     _closed_by_peer,
     serve_client,
 )
@@ -37,6 +39,9 @@ from trio_broadcast.counters import Counters
 from trio_broadcast.fanout import Fanout
 from trio_broadcast.frame_stream import FrameStream
 from trio_broadcast.frames import encode_lines
+from trio_broadcast.keepalive import KeepAlive
+from trio_broadcast.retention import History, Retention
+from trio_broadcast.shutdown import Shutdown
 
 from .conftest import wait_until
 from .wire import CLOSE, PING, PONG, TEXT, RawClient
@@ -48,7 +53,7 @@ class Served:
 
     client: RawClient
     fanout: Fanout[bytes]
-    stop: trio.CancelScope
+    stop: Shutdown
     counters: Counters
     done: trio.Event = field(default_factory=trio.Event)
     report: Report | None = None
@@ -68,11 +73,24 @@ class Served:
         raise AssertionError("the connection ended without a close frame")
 
 
+PLAIN = Wants()
+
+
 @asynccontextmanager
-async def serving(rcvbuf: int | None = None, **settings: Any) -> AsyncIterator[Served]:
-    """Accept one connection on 127.0.0.1 and serve it with ``Config(**settings)``."""
+async def serving(
+    rcvbuf: int | None = None,
+    *,
+    wants: Wants = PLAIN,
+    history: History | None = None,
+    **settings: Any,
+) -> AsyncIterator[Served]:
+    """Accept one connection on 127.0.0.1 and serve it with ``Config(**settings)``.
+
+    Yields once it is subscribed, or, for a v1 client (``wants``), once its
+    task is blocked: waiting for ``history``, say.
+    """
     config = Config(**settings)
-    broadcast = Broadcast(config)
+    broadcast = Broadcast(config, history)
     fanout = broadcast.plain
     accepted: list[tuple[WebSocketConnection, FrameStream]] = []
     async with trio.open_nursery() as nursery:
@@ -93,7 +111,9 @@ async def serving(rcvbuf: int | None = None, **settings: Any) -> AsyncIterator[S
         for listener in listeners:
             await listener.aclose()
         ws, frames = accepted[0]
-        served = Served(client, fanout, trio.CancelScope(), Counters())
+        served = Served(client, fanout, Shutdown(), Counters())
+        # As the server does: one keep-alive for all its clients, in its nursery.
+        keepalive = KeepAlive(config.ping_interval, nursery) if config.ping_interval else None
 
         async def serve() -> None:
             async with frames.transport:  # as the server does: the connection's owner closes it
@@ -101,14 +121,19 @@ async def serving(rcvbuf: int | None = None, **settings: Any) -> AsyncIterator[S
                     ws,
                     broadcast,
                     config,
+                    wants=wants,
                     stop=served.stop,
                     stream=frames,
                     counters=served.counters,
+                    keepalive=keepalive,
                 )
             served.done.set()
 
         nursery.start_soon(serve)
-        await wait_until(lambda: fanout.subscribers == 1)
+        if wants.v1:
+            await trio.testing.wait_all_tasks_blocked()
+        else:
+            await wait_until(lambda: fanout.subscribers == 1)
         try:
             yield served
         finally:
@@ -162,7 +187,24 @@ async def test_without_echo_messages_are_still_read() -> None:
 async def test_the_stop_scope_closes_with_1001() -> None:
     with trio.fail_after(10):
         async with serving(ping_interval=0) as served:
-            served.stop.cancel()
+            served.stop.request()
+            await served.close_handshake(1001)
+            assert (await served.ended()).ending == GOING_AWAY
+
+
+class NeverReady(Retention):
+    """A history that is never ready for a client that resumes (a Redis instance far behind)."""
+
+    async def ready(self, since: str | None = None) -> None:
+        await trio.sleep_forever()
+
+
+async def test_the_stop_closes_a_v1_client_waiting_for_the_history_with_1001() -> None:
+    with trio.fail_after(10):
+        wants = Wants(v1=True, since="5")
+        history = NeverReady(10, 1 << 20)
+        async with serving(ping_interval=0, wants=wants, history=history) as served:
+            served.stop.request()
             await served.close_handshake(1001)
             assert (await served.ended()).ending == GOING_AWAY
 

@@ -24,6 +24,8 @@ from .fanout import Deliver, Fanout, Held, Subscription
 from .frames import encode_lines, text_frame
 from .retention import History, Retention
 
+Callback = Callable[[], None] | None
+
 
 class Broadcast:
     """Publish lines to plain and v1 clients alike; see the module's docstring."""
@@ -97,15 +99,21 @@ class Broadcast:
             ]
         return self.v1.publish_held(messages), self.plain.publish_held(frames)
 
-    def subscribe_plain(self, deliver: Deliver[bytes]) -> Subscription[bytes]:
-        """Join as a plain client: the history, then the live feed."""
-        return self.plain.subscribe(deliver)
+    def subscribe_plain(
+        self, deliver: Deliver[bytes], *, cut_off: Callback = None, wake: Callback = None
+    ) -> Subscription[bytes]:
+        """Join as a plain client: the history, then the live feed.
 
-    def subscribe_v1(self, deliver: Deliver[bytes]) -> Subscription[bytes]:
+        ``cut_off`` and ``wake`` are as for :meth:`Fanout.subscribe`."""
+        return self.plain.subscribe(deliver, cut_off=cut_off, wake=wake)
+
+    def subscribe_v1(
+        self, deliver: Deliver[bytes], *, cut_off: Callback = None, wake: Callback = None
+    ) -> Subscription[bytes]:
         """A v1 client's subscription, not joined yet: the client first catches
         up from :attr:`history`, then joins (:meth:`Subscription.join`) when
         it has sent every line up to :meth:`History.position`."""
-        return self.v1.subscribe(deliver, history=False, join=False)
+        return self.v1.subscribe(deliver, history=False, join=False, cut_off=cut_off, wake=wake)
 
     def close(self) -> None:
         """End the feed for every client (see :meth:`Fanout.close`)."""

@@ -1,33 +1,42 @@
-"""One task per client: the race between its socket and its broadcast queue.
+"""One client's race: its socket against its broadcast feed, in as few tasks as it needs.
 
 After the handshake, :func:`serve_client` subscribes the client to the
 :class:`~trio_broadcast.broadcast.Broadcast` in the format it asked for (:class:`Wants`)
-and runs a small nursery of competing tasks, and whichever finishes first
-decides how the connection ends:
+and runs its race (:class:`_Race`): several sides compete, and whichever ends
+first decides how the connection ends. An idle client that keeps up costs two
+tasks, its connection task and trio-websocket's reader; the other sides are
+callbacks, or tasks that exist only while they have work:
 
-* ``_receive``: read the client's messages and echo each one back (or discard
-  it with ``echo=False``; reading must go on so that pings and close frames are
-  still processed);
-* ``_broadcast``: for a ``trio-broadcast.v1`` client, first send the hello,
-  the gap notice if any, and the backlog (:class:`_Opening`), which the echoes
-  wait for; then wait on the client's :class:`~trio_broadcast.fanout.Subscription`
-  and write whatever is queued, frames encoded once for all clients
-  (:mod:`~trio_broadcast.frames`), in a single write. While the client keeps
-  up, its queue stays empty: the publisher writes the frames itself through
-  :meth:`_Sender.deliver_nowait`, and this task only wakes when the socket
-  could not take everything at once;
-* ``_keepalive``: ping every ``ping_interval`` seconds; a peer that has not
-  answered by the next ping is dropped;
-* ``_cut_off``: wait for the fan-out to cut the client off for falling behind,
-  which must end the race even while ``_broadcast`` is stuck in a write.
+* receiving, in the connection task itself: read the client's messages and
+  echo each one back (or discard it with ``echo=False``; reading must go on
+  so that pings and close frames are still processed);
+* the opening, a task for a ``trio-broadcast.v1`` client only, until it has
+  sent the hello, the gap notice if any, and the backlog (:class:`_Opening`),
+  which the echoes wait for, and joined the live feed;
+* the broadcast: while the client keeps up, the publisher writes its frames
+  itself through :meth:`_Sender.deliver_nowait` (frames encoded once for all
+  clients, :mod:`~trio_broadcast.frames`), and the client has no queue and no
+  task for it. When the socket cannot take a batch at once, the fan-out
+  queues it and calls :meth:`_Race.wake`, which starts the draining task
+  (:meth:`_Race._drain`): it writes everything queued in one write, again
+  until nothing is, and ends; the end of the feed wakes it too;
+* the cut-off: the fan-out calls :meth:`_Race.cut_off` when the client's
+  queue overflows, which must end the race even while the draining task is
+  stuck in a write;
+* the keep-alive: the server's :class:`~trio_broadcast.keepalive.KeepAlive`
+  pings every ``ping_interval`` seconds from one task for all clients, and
+  calls :meth:`_Race.no_pong` for a peer that has not answered by the next ping.
 
-The first to return an :class:`Ending` cancels the others. Cancellation only
-ever interrupts a *wait* (for a message, a batch, a pong, the socket); a frame
-being written is never cut in half, because every byte goes through the
-connection's :class:`~trio_broadcast.frame_stream.FrameStream`, which keeps
-what a cancelled writer handed over and finishes it before anything else. Once
-the race is over the connection is closed with the ending's code, within a
-bounded time, or dropped if the peer does not cooperate.
+The first ending (:meth:`_Race.end`) cancels the race's nursery, and with it
+every side. Cancellation only ever interrupts a *wait* (for a message, the
+socket, another writer); a frame being written is never cut in half, because
+every byte goes through the connection's
+:class:`~trio_broadcast.frame_stream.FrameStream`, which keeps what a
+cancelled writer handed over and finishes it before anything else. Once the
+race is over nothing new starts in it (a late wake is ignored), the keep-alive
+forgets the client, the subscription is closed, and the connection is closed
+with the ending's code, within a bounded time, or dropped if the peer does not
+cooperate.
 """
 
 from __future__ import annotations
@@ -46,8 +55,10 @@ from .counters import Counters
 from .fanout import Overflow, Subscription
 from .frame_stream import FrameStream
 from .frames import message_frame, text_frame
+from .keepalive import KeepAlive
 from .protocol_errors import fix_close_handling
 from .retention import Evicted, History, Unavailable
+from .shutdown import Shutdown
 
 log = logging.getLogger("trio_broadcast")
 
@@ -112,6 +123,8 @@ class _Sender:
     whoever writes and whenever a writer is cancelled; see
     :mod:`trio_broadcast.frame_stream`.
     """
+
+    __slots__ = ("_counters", "_stream", "_v1", "sent")
 
     def __init__(self, stream: FrameStream, counters: Counters, *, v1: bool = False) -> None:
         self._stream = stream
@@ -215,94 +228,162 @@ class _Opening:
         return None
 
 
-async def _receive(
-    ws: WebSocketConnection, sender: _Sender, echo: bool, opening: _Opening | None
-) -> Ending:
-    if opening is not None:
-        await opening.greeted.wait()
-    while True:
+class _Race:
+    """One client's race: its sides, and the one :class:`Ending` that the first to end decides.
+
+    A side ends the race with :meth:`end`, which cancels the race's nursery:
+    whatever else is running stops at its next wait. Sides that are not tasks
+    of their own call it from elsewhere: the fan-out when it cuts the client
+    off (:meth:`cut_off`), the server's keep-alive when a ping goes unanswered
+    (:meth:`no_pong`) or cannot be sent (:meth:`ping_failed`).
+    """
+
+    __slots__ = (
+        "_draining",
+        "_echo",
+        "_nursery",
+        "_over",
+        "_stream",
+        "_subscription",
+        "_woken",
+        "ending",
+        "opening",
+        "sender",
+        "ws",
+    )
+
+    def __init__(
+        self, ws: WebSocketConnection, sender: _Sender, stream: FrameStream, echo: bool
+    ) -> None:
+        self.ws = ws
+        self.sender = sender
+        self._stream = stream
+        self._echo = echo
+        self.ending: Ending | None = None
+        """The first ending; later ones are ignored."""
+        self.opening: _Opening | None = None
+        self._subscription: Subscription[bytes] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._over = False  # the race's body has exited: start nothing more
+        self._draining = False  # a _drain task is running
+        self._woken = False  # woken before the race's nursery was open
+
+    def end(self, ending: Ending) -> None:
+        """End the race with ``ending``, unless it already has one. Never blocks."""
+        if self.ending is None:
+            self.ending = ending
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def cut_off(self) -> None:
+        """The fan-out cut this client off for falling behind (its ``cut_off`` callback)."""
+        self.end(TOO_SLOW)
+
+    def no_pong(self, interval: float) -> None:
+        """The keep-alive's verdict: the last ping had no answer in time."""
+        self.end(Ending(ABNORMAL, f"no pong within {interval:g} s"))
+
+    def ping_failed(self) -> None:
+        """The keep-alive could not send a ping."""
+        self.end(self._broken())
+
+    def _broken(self) -> Ending:
+        # A write that timed out (ours, or a pong or ping of trio-websocket's,
+        # which it turns into a 1006) leaves the stream stuck.
+        return STUCK if self._stream.stuck else _closed_by_peer(self.ws.closed)
+
+    def wake(self) -> None:
+        """Something is queued for this client (the fan-out's ``wake`` callback): drain it.
+
+        Starts the :meth:`_drain` task unless one is running; before the race's
+        nursery is open, remembers it for :meth:`run`; once the race is over,
+        does nothing (the subscription is about to be closed, and the
+        connection with it).
+        """
+        if self._draining or self._over:
+            return
+        if self._nursery is None:
+            self._woken = True
+            return
+        self._draining = True
+        self._nursery.start_soon(self._side, self._drain)
+
+    async def run(
+        self, subscription: Subscription[bytes], close_timeout: float, stop: Shutdown
+    ) -> Ending:
+        """Run the race until a side ends it: receiving in this task, the rest on demand.
+
+        Returns :data:`GOING_AWAY` if ``stop`` ended it. The race's nursery is
+        the one cancel scope of the race: ``stop`` cancels it, and so does :meth:`end`.
+        """
+        self._subscription = subscription
+        async with trio.open_nursery() as race:
+            self._nursery = race
+            with stop.cancels(race.cancel_scope):
+                try:
+                    if self.ending is not None:  # cut off before the race began
+                        race.cancel_scope.cancel()
+                    if self._woken:
+                        self._woken = False
+                        self.wake()
+                    if self.opening is not None:
+                        race.start_soon(self._side, self._open)
+                    # The receiving side, in this task (as _side() does for the others).
+                    try:
+                        ending = await self._receive()
+                    except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                        ending = self._broken()
+                    self.end(ending)
+                finally:
+                    # The race is over, by a side finishing or by cancellation:
+                    # from now on, closing has close_timeout in all, and that
+                    # bounds a TLS write still in flight, which the nursery
+                    # waits for. Nothing new starts in it (see wake()).
+                    self._over = True
+                    self._stream.finish_by(trio.current_time() + close_timeout)
+        return GOING_AWAY if self.ending is None else self.ending
+
+    async def _side(self, side: Callable[[], Awaitable[Ending | None]]) -> None:
         try:
-            message = await ws.get_message()
-        except ConnectionClosed as exc:
-            return _closed_by_peer(exc.reason)
-        if echo:
-            await sender.send(message)
-
-
-async def _broadcast(
-    subscription: Subscription[bytes], sender: _Sender, opening: _Opening | None
-) -> Ending:
-    if opening is not None:
-        ending = await opening.send(sender)
+            ending = await side()
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            ending = self._broken()
         if ending is not None:
-            return ending
-    while True:
+            self.end(ending)
+
+    async def _receive(self) -> Ending:
+        """Read the client's messages and echo each one (reading goes on without echoes)."""
+        if self.opening is not None:
+            await self.opening.greeted.wait()
+        ws, sender, echo = self.ws, self.sender, self._echo
+        while True:
+            try:
+                message = await ws.get_message()
+            except ConnectionClosed as exc:
+                return _closed_by_peer(exc.reason)
+            if echo:
+                await sender.send(message)
+
+    async def _open(self) -> Ending | None:
+        """A v1 client's hello, gap notice and backlog; it joins the live feed at the end."""
+        assert self.opening is not None
+        return await self.opening.send(self.sender)
+
+    async def _drain(self) -> Ending | None:
+        """Write what is queued until nothing is: then the fan-out delivers directly again."""
+        assert self._subscription is not None
         try:
-            frames = await subscription.receive()
+            # take() returning [] and _draining going False come with no
+            # checkpoint between them, so no wake() falls in the gap.
+            while frames := self._subscription.take():
+                await self.sender.send_frames(frames)
         except trio.EndOfChannel:
             return FEED_ENDED
         except Overflow:
             return TOO_SLOW
-        await sender.send_frames(frames)
-
-
-async def _cut_off(subscription: Subscription[bytes]) -> Ending:
-    await subscription.cut_off()
-    return TOO_SLOW
-
-
-async def _keepalive(ws: WebSocketConnection, interval: float) -> Ending:
-    while True:
-        await trio.sleep(interval)
-        with trio.move_on_after(interval) as waiting:
-            await ws.ping()
-        if waiting.cancelled_caught:
-            return Ending(ABNORMAL, f"no pong within {interval:g} s")
-
-
-async def _until_cancelled() -> None:
-    await trio.sleep_forever()
-
-
-async def _race(
-    ws: WebSocketConnection,
-    *,
-    subscription: Subscription[bytes],
-    opening: _Opening | None,
-    sender: _Sender,
-    stream: FrameStream,
-    config: Config,
-) -> Ending:
-    """Run the competing sides; the first to finish cancels the others."""
-    ending: Ending | None = None
-
-    async def run(side: Callable[[], Awaitable[Ending]]) -> None:
-        nonlocal ending
-        try:
-            result = await side()
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-            # A write that timed out (ours, or a pong or ping of trio-websocket's,
-            # which it turns into a 1006) leaves the stream stuck.
-            result = STUCK if stream.stuck else _closed_by_peer(ws.closed)
-        if ending is None:
-            ending = result
-        race.cancel_scope.cancel()
-
-    async with trio.open_nursery() as race:
-        race.start_soon(run, lambda: _receive(ws, sender, config.echo, opening))
-        race.start_soon(run, lambda: _broadcast(subscription, sender, opening))
-        race.start_soon(run, lambda: _cut_off(subscription))
-        if config.ping_interval > 0:
-            race.start_soon(run, lambda: _keepalive(ws, config.ping_interval))
-        try:
-            await _until_cancelled()
         finally:
-            # The race is over, by a side finishing or by cancellation from
-            # outside: from now on, closing has close_timeout in all, and that
-            # bounds a TLS write still in flight, which the nursery waits for.
-            stream.finish_by(trio.current_time() + config.close_timeout)
-    assert ending is not None
-    return ending
+            self._draining = False
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,13 +398,19 @@ class Report:
 
 
 async def _subscribe(
-    broadcast: Broadcast, wants: Wants, sender: _Sender, config: Config
-) -> tuple[Subscription[bytes], _Opening | None]:
+    broadcast: Broadcast, wants: Wants, race: _Race, config: Config, stop: Shutdown
+) -> Subscription[bytes] | None:
+    """The client's subscription, its opening for a v1 client; ``None`` if ``stop`` came first."""
+    deliver = race.sender.deliver_nowait
     if not wants.v1:
-        return broadcast.subscribe_plain(sender.deliver_nowait), None
-    await broadcast.history.ready(wants.since)
-    subscription = broadcast.subscribe_v1(sender.deliver_nowait)
-    return subscription, _Opening(broadcast.history, wants.since, config.history, subscription)
+        return broadcast.subscribe_plain(deliver, cut_off=race.cut_off, wake=race.wake)
+    # The history may take a while to be ready: the shutdown must not wait for it.
+    with stop.cancels(trio.CancelScope()) as waiting, waiting:
+        await broadcast.history.ready(wants.since)
+        subscription = broadcast.subscribe_v1(deliver, cut_off=race.cut_off, wake=race.wake)
+        race.opening = _Opening(broadcast.history, wants.since, config.history, subscription)
+        return subscription
+    return None
 
 
 async def serve_client(
@@ -332,24 +419,27 @@ async def serve_client(
     config: Config,
     *,
     wants: Wants = Wants(),
-    stop: trio.CancelScope,
+    stop: Shutdown,
     stream: FrameStream,
     counters: Counters | None = None,
+    keepalive: KeepAlive | None = None,
 ) -> Report:
     """Subscribe one accepted connection to ``broadcast`` and serve it until it ends.
 
     Then close it, and report why. ``wants`` is the feed it asked for: plain
     text, or ``trio-broadcast.v1`` messages, maybe resuming after an ID.
 
-    ``stop`` is the scope the server cancels to shut this client down: the race
-    runs inside it, and the close that follows runs outside it, so a shutdown
-    still gets its 1001 close frame out. ``stream`` is the connection's
-    :class:`FrameStream`, the one ``ws`` was made on: broadcast frames and
-    echoes are written to it directly, and it is closed at once when the
-    connection must be dropped rather than closed. Closing takes at most
+    ``stop`` is the server's :class:`~trio_broadcast.shutdown.Shutdown`, which
+    shuts this client down: it cancels the race (the race's own nursery is
+    registered with it: no scope of its own for that), and the close that
+    follows runs outside it, so a shutdown still gets its 1001 close frame out.
+    ``stream`` is the connection's :class:`FrameStream`, the one ``ws`` was
+    made on: broadcast frames and echoes are written to it directly, and it
+    is closed at once when the connection must be dropped rather than closed. Closing takes at most
     ``config.close_timeout`` seconds in all: finishing the frame in progress,
     the close frame, and the client's reply. Messages written are counted in
-    ``counters``. A client that breaks the protocol gets a close frame with
+    ``counters``. ``keepalive`` is the server's, which pings it (none: no
+    pings). A client that breaks the protocol gets a close frame with
     1002 or 1007 before its connection is dropped
     (:func:`~trio_broadcast.protocol_errors.fix_close_handling`).
     """
@@ -357,23 +447,20 @@ async def serve_client(
     # earlier the better, since a frame parsed before it gets no close frame.
     fix_close_handling(ws, max_message_size=config.max_message_size)
     sender = _Sender(stream, counters or Counters(), v1=wants.v1)
+    race = _Race(ws, sender, stream, config.echo)
     ending = GOING_AWAY
     dropped = 0
     try:
-        with stop:
-            subscription, opening = await _subscribe(broadcast, wants, sender, config)
-            with subscription:
-                try:
-                    ending = await _race(
-                        ws,
-                        subscription=subscription,
-                        opening=opening,
-                        sender=sender,
-                        stream=stream,
-                        config=config,
-                    )
-                finally:
-                    dropped = subscription.dropped
+        subscription = await _subscribe(broadcast, wants, race, config, stop)
+        if subscription is not None:
+            pinging = keepalive.add(race) if keepalive is not None else None
+            try:
+                ending = await race.run(subscription, config.close_timeout, stop)
+            finally:
+                if pinging is not None:
+                    pinging.remove()
+                subscription.close()  # not a with: its bound __exit__ would stay 64 B
+                dropped = subscription.dropped
     except Exception:
         ending = INTERNAL_ERROR
         raise

@@ -13,7 +13,7 @@ nursery. It reads the request head (bounded in size and time), then either
   ``trio-broadcast.v1`` subprotocol if the client offers it, and hands over to
   :func:`~trio_broadcast.client.serve_client`.
 
-A connected client holds one *client slot* (:meth:`Connections._client_slot`)
+A connected client holds one *client slot* (:class:`_ClientSlot`)
 from the moment its handshake is accepted until it is closed, and the
 ``max_clients`` check and the taking of the slot happen with no checkpoint in
 between, so the limit is never overshot. Errors stay inside the connection: a
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import logging
 import resource
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 
 import trio
 from trio_websocket import (
@@ -51,6 +49,7 @@ from .config import Config
 from .counters import Counters
 from .frame_stream import FrameStream
 from .handshake import BadRequest, RequestHead, http_response, read_request_head, send_last
+from .keepalive import KeepAlive
 from .protocol_errors import break_cycles, fix_close_handling
 from .shutdown import Shutdown
 from .web import Site
@@ -84,6 +83,8 @@ class Connections:
         self._shutdown = shutdown
         self._site = site
         self._refusals = RefusalThrottle()
+        self.keepalive: KeepAlive | None = None
+        """What pings the clients, set once the server's nursery is open (none: no pings)."""
         self.open = 0
         """Open TCP connections, including those still in the handshake."""
         self.clients = 0
@@ -97,13 +98,30 @@ class Connections:
         ws: WebSocketConnection | None = None
         try:
             async with trio.open_nursery() as plumbing:  # trio-websocket's reader task
+                slot = _ClientSlot(self)
                 try:
-                    with ExitStack() as slot:
-                        accepted = await self._handshake(plumbing, stream, peer, slot)
-                        if accepted is not None:
-                            ws, frames, wants = accepted
-                            await self._serve_client(ws, frames, wants, peer)
+                    accepted = await self._handshake(plumbing, stream, peer, slot)
+                    if accepted is not None:
+                        ws, frames, wants = accepted
+                        # Here, not in a coroutine of its own: its frame would
+                        # live as long as the client, 0.4 KB (issue 14).
+                        started = self._connected(peer, wants)
+                        report = Report(GOING_AWAY, 0, 0)  # what a hard stop leaves us to say
+                        try:
+                            report = await serve_client(
+                                ws,
+                                self._broadcast,
+                                self._config,
+                                wants=wants,
+                                stop=self._shutdown,
+                                stream=frames,
+                                counters=self._counters,
+                                keepalive=self.keepalive,
+                            )
+                        finally:
+                            self._ended(peer, report, started)
                 finally:
+                    slot.release()
                     plumbing.cancel_scope.cancel()
         except* _DISCONNECTS as group:
             log.debug("connection from %s lost: %s", peer, quote(repr(group.exceptions[0])))
@@ -130,26 +148,19 @@ class Connections:
                 f" ({held_back} more refused since the last report)" if held_back else "",
             )
 
-    @contextmanager
-    def _client_slot(self) -> Iterator[None]:
-        self.clients += 1
-        try:
-            yield
-        finally:
-            self.clients -= 1
-
     async def _handshake(
-        self, plumbing: trio.Nursery, stream: trio.abc.Stream, peer: str, slot: ExitStack
+        self, plumbing: trio.Nursery, stream: trio.abc.Stream, peer: str, slot: _ClientSlot
     ) -> tuple[WebSocketConnection, FrameStream, Wants] | None:
         """Read the request head and answer it, within the handshake timeout.
 
-        Returns the accepted WebSocket connection, whose client slot is now
-        held by ``slot``, the stream it was made on, which from then on is
-        the only writer to ``stream``, and the feed the client asked for (plain
-        or v1, and where to resume); or ``None`` once a plain HTTP request or a
-        refusal has been answered, or the time ran out. A method of its own, so
-        that the request's objects are freed when it returns rather than kept
-        for the whole life of the connection.
+        Returns the accepted WebSocket connection, whose client slot ``slot``
+        now holds (the caller releases it once the connection is closed), the
+        stream it was made on, which from then on is the only writer to
+        ``stream``, and the feed the client asked for (plain or v1, and where to
+        resume); or ``None`` once a plain HTTP request or a refusal has been
+        answered, or the time ran out. A method of its own, so that the
+        request's objects are freed when it returns rather than kept for the
+        whole life of the connection.
         """
         config = self._config
         handshake = trio.move_on_after(config.handshake_timeout)
@@ -170,8 +181,8 @@ class Connections:
             if refusal is not None:
                 await self._refuse(stream, peer, refusal)
                 return None
-            with ExitStack() as taken:
-                taken.enter_context(self._client_slot())
+            slot.take()
+            try:
                 frames = FrameStream(stream, head.replay(), send_timeout=config.send_timeout)
                 request = await wrap_server_stream(
                     plumbing, frames, max_message_size=config.max_message_size
@@ -180,10 +191,13 @@ class Connections:
                 fix_close_handling(request, max_message_size=config.max_message_size)
                 chosen = subprotocol.chosen(request.proposed_subprotocols)
                 ws = await request.accept(subprotocol=chosen)
-                self._counters.connections[ACCEPTED] += 1
-                slot.enter_context(taken.pop_all())
-                wants = Wants(v1=chosen is not None, since=head.query(subprotocol.SINCE))
-                return ws, frames, wants
+            except BaseException:
+                slot.release()
+                raise
+            self._counters.connections[ACCEPTED] += 1
+            wants = Wants(v1=chosen is not None, since=head.query(subprotocol.SINCE))
+            return ws, frames, wants
+        slot.release()
         log.debug("handshake with %s did not complete in time", peer)
         return None
 
@@ -213,9 +227,8 @@ class Connections:
             stream, http_response(refusal.status, refusal.message + "\n", refusal.headers)
         )
 
-    async def _serve_client(
-        self, ws: WebSocketConnection, stream: FrameStream, wants: Wants, peer: str
-    ) -> None:
+    def _connected(self, peer: str, wants: Wants) -> float:
+        """Log a client's arrival; return the time it came."""
         log.info(
             "client %s connected (%d clients)%s",
             peer,
@@ -225,28 +238,45 @@ class Connections:
             else f", {subprotocol.NAME}"
             + (f", resuming after {quote(wants.since)}" if wants.since is not None else ""),
         )
-        started = trio.current_time()
-        report = Report(GOING_AWAY, 0, 0)  # what a hard stop leaves us to say
-        try:
-            with self._shutdown.cancels(trio.CancelScope()) as stop:
-                report = await serve_client(
-                    ws,
-                    self._broadcast,
-                    self._config,
-                    wants=wants,
-                    stop=stop,
-                    stream=stream,
-                    counters=self._counters,
-                )
-        finally:
-            log.info(
-                "client %s %s after %.1f s, %d messages sent%s",
-                peer,
-                quote(str(report.ending)),  # it holds the peer's close reason
-                trio.current_time() - started,
-                report.sent,
-                f", {report.dropped} dropped" if report.dropped else "",
-            )
+        return trio.current_time()
+
+    def _ended(self, peer: str, report: Report, started: float) -> None:
+        """Log how a client's connection ended."""
+        log.info(
+            "client %s %s after %.1f s, %d messages sent%s",
+            peer,
+            quote(str(report.ending)),  # it holds the peer's close reason
+            trio.current_time() - started,
+            report.sent,
+            f", {report.dropped} dropped" if report.dropped else "",
+        )
+
+
+class _ClientSlot:
+    """One connection's hold on a client slot: taken with its handshake, released once.
+
+    A plain object rather than a context manager: it is kept for the whole
+    life of the connection, and an ``ExitStack`` or a generator costs a
+    connection about 1.5 KB more (issue 14).
+    """
+
+    __slots__ = ("_connections", "_held")
+
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+        self._held = False
+
+    def take(self) -> None:
+        """Take the slot. The ``max_clients`` check must come with no checkpoint before."""
+        assert not self._held
+        self._held = True
+        self._connections.clients += 1
+
+    def release(self) -> None:
+        """Give it back, if held. Idempotent."""
+        if self._held:
+            self._held = False
+            self._connections.clients -= 1
 
 
 def peer_name(stream: trio.abc.Stream) -> str:

@@ -30,8 +30,13 @@ What a subscriber can rely on:
   made by the publisher without waking the client's task: when every client
   keeps up, a broadcast costs one system call per client and no task switch.
   The queue, and the task, take over as soon as a client falls behind;
+* a subscriber that never falls behind has no queue: its memory channel is
+  made the first time a batch must wait, and a consumer may ask to be woken
+  (``wake``) when that happens rather than keep a task waiting in
+  :meth:`~Subscription.receive`; it then empties the queue with
+  :meth:`~Subscription.take`;
 * under :attr:`OnFull.DISCONNECT` an overflowing subscriber is cut off at once:
-  :meth:`~Subscription.cut_off` returns and its next
+  its ``cut_off`` callback is called and its next
   :meth:`~Subscription.receive` raises :class:`Overflow`; under
   :attr:`OnFull.DROP` the batch is skipped for it and counted in
   :attr:`Subscription.dropped`; under :attr:`OnFull.WAIT` the batch waits for
@@ -68,40 +73,86 @@ class Overflow(Exception):
 
 
 class Subscription(Generic[T]):
-    """One consumer's end of a :class:`Fanout`. Create it with :meth:`Fanout.subscribe`."""
+    """One consumer's end of a :class:`Fanout`. Create it with :meth:`Fanout.subscribe`.
+
+    Its queue (a ``trio`` memory channel) is made the first time something
+    must wait in it: a subscriber that keeps up never has one.
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_clear",
+        "_closed",
+        "_cut_off",
+        "_deliver",
+        "_ended",
+        "_fanout",
+        "_overflowed",
+        "_receive",
+        "_send",
+        "_wake",
+        "dropped",
+    )
 
     def __init__(
         self,
         fanout: Fanout[T],
-        send: trio.MemorySendChannel[tuple[T, ...]],
-        receive: trio.MemoryReceiveChannel[tuple[T, ...]],
         backlog: list[T],
         deliver: Deliver[T] | None,
+        cut_off: Callable[[], None] | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self._fanout = fanout
-        self._send = send
-        self._receive = receive
+        self._send: trio.MemorySendChannel[tuple[T, ...]] | None = None
+        self._receive: trio.MemoryReceiveChannel[tuple[T, ...]] | None = None
         self._backlog = backlog
         self._deliver = deliver
+        self._cut_off = cut_off
+        self._wake = wake
         # True while everything handed to the consumer has been dealt with: only
         # then may publish() deliver directly without overtaking older messages.
         self._clear = not backlog
+        self._ended = False  # the feed ended (Fanout.close) before a queue was needed
+        self._closed = False
+        self._overflowed = False
         self.dropped = 0
         """Messages skipped for this subscriber under :attr:`OnFull.DROP`."""
-        self._cut_off = trio.Event()
 
     @property
     def overflowed(self) -> bool:
         """Whether it was cut off for falling behind (:attr:`OnFull.DISCONNECT` or ``WAIT``)."""
-        return self._cut_off.is_set()
+        return self._overflowed
 
-    async def cut_off(self) -> None:
-        """Wait until this subscriber is cut off for falling behind.
+    @property
+    def clear(self) -> bool:
+        """Whether nothing is queued for it, nor in the consumer's hands: :meth:`take` is idle."""
+        return self._clear and not self._ended
 
-        A consumer busy writing is not waiting in :meth:`receive`; another task
-        can wait here to learn at once that it should stop.
-        """
-        await self._cut_off.wait()
+    def _channel(
+        self,
+    ) -> tuple[trio.MemorySendChannel[tuple[T, ...]], trio.MemoryReceiveChannel[tuple[T, ...]]]:
+        """The queue, made on first use, in the state the subscription is in."""
+        if self._send is None or self._receive is None:
+            self._send, self._receive = trio.open_memory_channel[tuple[T, ...]](
+                self._fanout.queue_size
+            )
+            if self._ended:
+                self._send.close()
+            if self._closed:
+                self._receive.close()
+                self._send.close()
+        return self._send, self._receive
+
+    def _queue_nowait(self, item: tuple[T, ...]) -> None:
+        """Queue ``item`` (raises :class:`trio.WouldBlock` when full), and wake the consumer."""
+        self._channel()[0].send_nowait(item)
+        self._queued()
+
+    def _queued(self) -> None:
+        """Something was queued: it must not be overtaken, and the consumer must know."""
+        self._clear = False
+        if self._wake is not None:
+            self._wake()
 
     async def receive(self) -> list[T]:
         """Wait for at least one message, then return every message queued.
@@ -109,6 +160,7 @@ class Subscription(Generic[T]):
         Raises :class:`trio.EndOfChannel` once the fan-out is closed and all was
         delivered, and :class:`Overflow` if this subscriber was cut off.
         """
+        receive = self._channel()[1]
         if self._backlog:
             # As a trio receive does: a cancelled call takes nothing (the history
             # stays for the next one), and one that takes cannot be cancelled.
@@ -117,15 +169,43 @@ class Subscription(Generic[T]):
             await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             # Calling receive() again means the last batch has been dealt with.
-            self._clear = self._receive.statistics().current_buffer_used == 0
+            self._clear = receive.statistics().current_buffer_used == 0
             try:
-                messages = list(await self._receive.receive())
+                messages = list(await receive.receive())
             except trio.ClosedResourceError:
                 raise self._closed_error() from None
         self._drain_into(messages)
         return messages
 
+    def take(self) -> list[T]:
+        """Return every message queued, without waiting; ``[]`` if there is none.
+
+        The consumer that does not wait in :meth:`receive` (it is woken by the
+        ``wake`` callback of :meth:`Fanout.subscribe` instead) calls this until
+        it returns ``[]``: calling it again means the last batch has been dealt
+        with, and an empty answer means the subscriber is clear again, so the
+        next batch goes through ``deliver``, and the next one queued wakes it.
+        Raises as :meth:`receive` does, once nothing is left.
+        """
+        messages, self._backlog = self._backlog, []
+        if self._receive is not None:
+            self._drain_into(messages)
+        if not messages:
+            if self._receive is not None:
+                try:
+                    messages.extend(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    pass
+                except trio.ClosedResourceError:
+                    raise self._closed_error() from None
+            elif self._ended:
+                raise trio.EndOfChannel
+            if not messages:
+                self._clear = True
+        return messages
+
     def _drain_into(self, messages: list[T]) -> None:
+        assert self._receive is not None
         while True:
             try:
                 messages.extend(self._receive.receive_nowait())
@@ -140,6 +220,14 @@ class Subscription(Generic[T]):
             )
         return trio.ClosedResourceError("this subscription was closed")
 
+    def _end(self) -> None:
+        """The feed ended: what is queued is still received, then :class:`trio.EndOfChannel`."""
+        self._ended = True
+        if self._send is not None:
+            self._send.close()
+        if self._wake is not None:
+            self._wake()
+
     def join(self) -> None:
         """Receive every batch published from now on (see ``join`` of :meth:`Fanout.subscribe`).
 
@@ -148,7 +236,7 @@ class Subscription(Generic[T]):
         After :meth:`Fanout.close`, it gets :class:`trio.EndOfChannel` at once.
         """
         if self._fanout._closed:
-            self._send.close()
+            self._end()
         else:
             self._fanout._subscribers[self] = None
 
@@ -156,10 +244,14 @@ class Subscription(Generic[T]):
         """Unsubscribe. Idempotent; queued messages are discarded."""
         self._fanout._subscribers.pop(self, None)
         self._backlog = []
+        self._closed = True
+        self._wake = self._cut_off = None  # nothing calls the consumer back any more
         # The receiving end first, so that a receive() in progress fails with
         # ClosedResourceError rather than a clean EndOfChannel.
-        self._receive.close()
-        self._send.close()
+        if self._receive is not None:
+            self._receive.close()
+        if self._send is not None:
+            self._send.close()
 
     def __enter__(self) -> Subscription[T]:
         return self
@@ -225,7 +317,13 @@ class Fanout(Generic[T]):
         return self._closed
 
     def subscribe(
-        self, deliver: Deliver[T] | None = None, *, history: bool = True, join: bool = True
+        self,
+        deliver: Deliver[T] | None = None,
+        *,
+        history: bool = True,
+        join: bool = True,
+        cut_off: Callable[[], None] | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> Subscription[T]:
         """Join the feed: the history first (unless ``history=False``), then every
         batch published from now on.
@@ -238,10 +336,21 @@ class Fanout(Generic[T]):
         elsewhere (a resumed backlog) joins once it has, and nothing queues up
         for it meanwhile. Use the subscription as a context manager so that
         leaving unsubscribes.
+
+        ``cut_off``, if given, is called (by the publisher, synchronously) when
+        the subscriber is cut off for falling behind, so that a consumer busy
+        elsewhere learns it at once, with no task waiting for it. ``wake``, if
+        given, is called whenever something is queued for it or its feed ends
+        (also from :meth:`Subscription.join`), and once here if it starts with
+        a backlog: a consumer that calls :meth:`Subscription.take` instead of
+        waiting in :meth:`Subscription.receive` starts its work then. Both must
+        not block nor raise; ``wake`` may be called again while the consumer
+        is already at work. Neither is called after the subscription is closed.
         """
-        send, receive = trio.open_memory_channel[tuple[T, ...]](self.queue_size)
         backlog = list(self._history) if history else []
-        subscription = Subscription(self, send, receive, backlog, deliver)
+        subscription = Subscription(self, backlog, deliver, cut_off, wake)
+        if backlog and wake is not None:
+            wake()
         if join:
             subscription.join()
         return subscription
@@ -308,8 +417,7 @@ class Fanout(Generic[T]):
                 if not item:
                     continue
             try:
-                subscription._send.send_nowait(item)
-                subscription._clear = False
+                subscription._queue_nowait(item)
             except trio.WouldBlock:
                 if self.on_full is OnFull.DROP:
                     subscription.dropped += len(batch)
@@ -340,15 +448,22 @@ class Fanout(Generic[T]):
             self._on_wait(len(full))
         try:
             for subscription, item in full:
-                if not await _send_by(deadline, subscription._send, item):
+                if not await _send_by(deadline, subscription._channel()[0], item):
                     self._overflow(subscription)
+                else:
+                    # The consumer may have emptied its queue while this was
+                    # held, found nothing more and become clear: not any more.
+                    subscription._queued()
         finally:
             self.waited += trio.current_time() - began
 
     def _overflow(self, subscription: Subscription[T]) -> None:
-        subscription._cut_off.set()
+        subscription._overflowed = True
         self.overflows += 1
+        cut_off = subscription._cut_off
         subscription.close()
+        if cut_off is not None:
+            cut_off()
 
     def close(self) -> None:
         """End the feed: subscribers get what is queued, then :class:`trio.EndOfChannel`.
@@ -357,9 +472,10 @@ class Fanout(Generic[T]):
         subscriber is not delivered to it.
         """
         self._closed = True
-        for subscription in self._subscribers:
-            subscription._send.close()
+        subscribers = list(self._subscribers)
         self._subscribers.clear()
+        for subscription in subscribers:
+            subscription._end()
 
 
 async def _send_by(deadline: float, send: trio.MemorySendChannel[T], item: T) -> bool:

@@ -39,6 +39,7 @@ from collections.abc import Generator
 from types import GeneratorType
 
 from trio_websocket import WebSocketConnection, WebSocketRequest
+from wsproto import WSConnection
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
 
@@ -236,16 +237,30 @@ def fix_close_handling(
     protocol = ws._wsproto
     if "events" in vars(protocol):  # already wrapped
         return
-    # Through a weak reference: the wrapper is kept on the protocol, and a
-    # strong one would make the pair a reference cycle (see break_cycles).
-    parse, weak = type(protocol).events, weakref.ref(protocol)
-    assembler = MessageAssembler(max_message_size)
+    protocol.events = _Events(protocol, max_message_size)  # type: ignore[method-assign]
 
-    def events() -> Generator[Event, None, None]:
-        protocol = weak()
+
+class _Events:
+    """The wrapped ``events()`` of one connection (see :func:`fix_close_handling`).
+
+    A small class rather than a closure: it lives as long as the connection,
+    and a function with its cells costs a connection about 200 bytes more (issue 14).
+    It is kept on the protocol, so it holds the protocol through a weak reference:
+    a strong one would make the pair a reference cycle (see :func:`break_cycles`).
+    """
+
+    __slots__ = ("_assembler", "_parse", "_protocol")
+
+    def __init__(self, protocol: WSConnection, max_message_size: int) -> None:
+        self._protocol = weakref.ref(protocol)
+        self._parse = type(protocol).events
+        self._assembler = MessageAssembler(max_message_size)
+
+    def __call__(self) -> Generator[Event, None, None]:
+        protocol, assembler = self._protocol(), self._assembler
         if protocol is None:
             return
-        for parsed in parse(protocol):
+        for parsed in self._parse(protocol):
             if assembler.refused:
                 return  # our close frame is out, and nothing more is read
             connection = protocol.connection
@@ -262,8 +277,6 @@ def fix_close_handling(
             if isinstance(event, CloseConnection) and state is ConnectionState.OPEN:
                 connection._state = ConnectionState.REMOTE_CLOSING  # type: ignore[union-attr]
             yield event
-
-    protocol.events = events  # type: ignore[method-assign]
 
 
 def break_cycles(ws: WebSocketConnection) -> None:

@@ -9,7 +9,9 @@
   :class:`~trio_broadcast.broadcast.Broadcast`: encoded once per format, retained
   for clients that resume, published to every client (see :mod:`~trio_broadcast.source`);
 * the connection tasks (:meth:`~trio_broadcast.connection.Connections.serve`):
-  each answers, refuses or serves one connection.
+  each answers, refuses or serves one connection;
+* the keep-alive (:class:`~trio_broadcast.keepalive.KeepAlive`), one task that
+  pings every client, while there are clients.
 
 Stopping is cancellation, in two flavours. :meth:`Server.shutdown` is the
 graceful one: it cancels the scopes that make up the server's *work* (accepting,
@@ -32,6 +34,7 @@ from .broadcast import Broadcast
 from .config import Config
 from .connection import Connections
 from .counters import Counters, Statistics
+from .keepalive import KeepAlive
 from .listeners import DescriptorReserve, accept_forever, open_listeners, url
 from .retention import History
 from .shutdown import Shutdown
@@ -236,6 +239,8 @@ async def serve(
     listeners = await open_listeners(config)
     server = Server(config, tuple(url(listener) for listener in listeners), counters, history)
     async with trio.open_nursery() as nursery:
+        if config.ping_interval > 0:
+            server._connections.keepalive = KeepAlive(config.ping_interval, nursery)
         nursery.start_soon(server._accept, listeners, nursery)
         if source is not None:
             nursery.start_soon(server._feed, source)
