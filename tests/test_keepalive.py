@@ -5,6 +5,7 @@ Fake clients on Trio's mock clock: what is pinged when, and who is told what.
 
 from __future__ import annotations
 
+import weakref
 from typing import cast
 
 import trio
@@ -88,7 +89,7 @@ async def test_a_client_that_left_is_not_pinged_even_if_its_ping_was_due() -> No
             entry.remove()
             entry.remove()  # idempotent
             # As if its ping task had been started just before it left.
-            await KeepAlive._ping(entry)
+            await KeepAlive._ping(entry, trio.CancelScope())
             assert client.fake.pings == []
             assert keepalive.clients == 0
 
@@ -107,3 +108,42 @@ async def test_leaving_cancels_the_ping_in_flight(autojump_clock: trio.testing.M
         # The nursery closed: the ping's task and the scheduler are gone.
         assert client.no_pongs == []
         assert len(client.fake.pings) == 1
+
+
+async def test_a_client_that_left_is_let_go_before_its_turn_comes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Found in review: an entry queued until its turn kept its client, and through
+    it the whole connection, alive for up to an interval after it left."""
+    async with trio.open_nursery() as nursery:
+        keepalive = KeepAlive(10.0, nursery)
+        staying = keepalive.add(FakeClient())  # keeps the scheduler running
+        leaving = FakeClient()
+        gone = weakref.ref(leaving)
+        keepalive.add(leaving).remove()
+        del leaving
+        await trio.sleep(1)  # the entry is still queued: due at 10
+        assert gone() is None, "the keep-alive still holds a client that left"
+        staying.remove()
+
+
+async def test_a_stalled_event_loop_pings_each_client_once_and_leaves_no_ping_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Found in review: after a stall longer than the interval, the same entry was due
+    twice in one pass; it got two pings, and leaving cancelled only the second."""
+    async with trio.open_nursery() as nursery:
+        keepalive = KeepAlive(10.0, nursery)
+        staying = keepalive.add(FakeClient())
+        silent = FakeClient(answers=False)
+        entry = keepalive.add(silent)
+        await trio.testing.wait_all_tasks_blocked()
+        autojump_clock.jump(25)  # nothing ran for 25 s
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(silent.fake.pings) == 1
+        entry.remove()
+        await trio.testing.wait_all_tasks_blocked()
+        scheduler = [task for task in nursery.child_tasks if task.child_nurseries]
+        pings = [t for task in scheduler for n in task.child_nurseries for t in n.child_tasks]
+        assert pings == [], "a ping is still waiting for a client that left"
+        staying.remove()

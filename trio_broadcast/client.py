@@ -338,10 +338,15 @@ class _Race:
                     # The race is over, by a side finishing or by cancellation:
                     # from now on, closing has close_timeout in all, and that
                     # bounds a TLS write still in flight, which the nursery
-                    # waits for. Nothing new starts in it (see wake()).
+                    # waits for. Nothing new starts in it (see wake()), and
+                    # a stop that cancelled it is the ending: a late cut-off
+                    # or missing pong must not turn its 1001 into another code.
+                    if self.ending is None:
+                        self.ending = GOING_AWAY
                     self._over = True
                     self._stream.finish_by(trio.current_time() + close_timeout)
-        return GOING_AWAY if self.ending is None else self.ending
+        assert self.ending is not None
+        return self.ending
 
     async def _side(self, side: Callable[[], Awaitable[Ending | None]]) -> None:
         try:

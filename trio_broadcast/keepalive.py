@@ -7,11 +7,12 @@ between pings; an idle client's task costs about 1.5 KB and a task switch per
 ping, so the server now keeps one scheduler for all of them:
 
 * every client is pinged at the same interval, from the moment it registers
-  (:meth:`KeepAlive.add`), so appending each client back after its ping keeps
-  the queue in the order of the next ping due: a plain deque, no heap;
+  (:meth:`KeepAlive.add`), and each ping's next one is due an interval after
+  it is sent, so appending each client back after its ping keeps the queue in
+  the order of the next ping due: a plain deque, no heap;
 * the scheduler sleeps until the first ping due, pings everyone due, and
-  appends them back; a client that left is skipped when its turn comes (it is
-  only flagged when it leaves, so leaving costs nothing);
+  appends them back; a client that left is skipped when its turn comes (its
+  entry only lets go of it when it leaves, so leaving costs nothing);
 * a ping is sent, and its pong awaited, by a short task in the scheduler's
   nursery, the only task a ping costs and only while one is in flight; a
   client that leaves cancels it (:meth:`Entry.remove`), and a cancelled ping
@@ -24,11 +25,14 @@ ping, so the server now keeps one scheduler for all of them:
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import Protocol
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
+
+log = logging.getLogger("trio_broadcast")
 
 
 class Pinged(Protocol):
@@ -48,19 +52,20 @@ class Pinged(Protocol):
 class Entry:
     """One registered client: when its next ping is due, and the ping in flight, if any."""
 
-    __slots__ = ("_keepalive", "client", "due", "gone", "pinging")
+    __slots__ = ("_keepalive", "client", "due", "pinging")
 
     def __init__(self, keepalive: KeepAlive, client: Pinged, due: float) -> None:
         self._keepalive = keepalive
-        self.client = client
+        self.client: Pinged | None = client
+        """The client; ``None`` once it has left. An entry stays queued until its
+        turn comes, and must not keep a departed client's connection alive until then."""
         self.due = due
         self.pinging: trio.CancelScope | None = None
         """The scope of the ping in flight, until its pong comes."""
-        self.gone = False
 
     def remove(self) -> None:
         """Stop pinging this client (it is leaving): cancel the ping in flight. Idempotent."""
-        if not self.gone:
+        if self.client is not None:
             self._keepalive._forget(self)
 
 
@@ -96,7 +101,7 @@ class KeepAlive:
         return entry
 
     def _forget(self, entry: Entry) -> None:
-        entry.gone = True
+        entry.client = None
         if entry.pinging is not None:
             entry.pinging.cancel()
         self._live -= 1
@@ -123,28 +128,42 @@ class KeepAlive:
             now = trio.current_time()
             while due and due[0].due <= now:
                 entry = due.popleft()
-                if entry.gone:
+                client = entry.client
+                if client is None:  # it left
                     continue
                 if entry.pinging is not None:  # no pong since the last ping
                     self._forget(entry)
-                    entry.client.no_pong(self.interval)
+                    client.no_pong(self.interval)
                     continue
-                entry.due += self.interval
+                # From now, not from when it was due: after a stall of the
+                # event loop, an entry is not due again in the same pass, and
+                # appending in the order of now keeps the queue in due order.
+                entry.due = now + self.interval
                 due.append(entry)
-                pings.start_soon(self._ping, entry)
+                # Made here, so that leaving cancels the ping even before its task runs.
+                entry.pinging = trio.CancelScope()
+                pings.start_soon(self._ping, entry, entry.pinging)
 
     @staticmethod
-    async def _ping(entry: Entry) -> None:
-        if entry.gone:
-            # It left between start_soon and now, and may be closing: wsproto
-            # refuses a ping after our close frame (LocalProtocolError), which
-            # would end this nursery, the server's. ws.ping() hands the ping to
-            # wsproto before its first checkpoint, so past this test the client
-            # is still in its race, and leaving cancels the wait for the pong.
+    async def _ping(entry: Entry, scope: trio.CancelScope) -> None:
+        client = entry.client
+        if client is None:
+            # It left between start_soon and now, and may be closing: no ping
+            # after our close frame. ws.ping() hands the ping over before its
+            # first checkpoint, so past this test the client is still in its
+            # race, and leaving cancels the wait for the pong.
             return
-        with trio.CancelScope() as entry.pinging:
+        with scope:
             try:
-                await entry.client.ws.ping()
+                await client.ws.ping()
             except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-                entry.client.ping_failed()
-        entry.pinging = None
+                if entry.client is not None:
+                    client.ping_failed()
+            except Exception:
+                # Not this connection's ping only: an error here would end the
+                # server's nursery. Log it, and end this client alone.
+                log.exception("keep-alive ping failed unexpectedly")
+                if entry.client is not None:
+                    client.ping_failed()
+        if entry.pinging is scope:
+            entry.pinging = None
