@@ -41,12 +41,12 @@ async def channel(
             yield stream
 
 
-async def startup_error(url: str, channel: str = "test") -> str:
+async def startup_error(url: str, channel: str = "test", *, append: bool = False) -> str:
     """The one-line message of the StartupError that ``connect`` raises."""
     messages: list[str] = []
     with trio.fail_after(10):
         try:
-            async with connect(url, channel=channel, maxlen=10):
+            async with connect(url, channel=channel, maxlen=10, append=append):
                 pass
         except* StartupError as group:
             messages += [str(error) for error in group.exceptions]
@@ -89,6 +89,34 @@ async def test_a_key_of_another_type_is_a_startup_error(redis_server: RedisServe
         await admin.set(stream_key("taken"), "x")
     message = await startup_error(redis_server.url, channel="taken")
     assert message.endswith("holds a string, not a stream"), message
+
+
+@pytest.mark.parametrize(
+    ("denied", "said"),
+    [
+        ("-eval", "this user has no permissions to run the 'eval' command"),
+        ("-xadd", "this user has no permissions to run XADD on it"),
+    ],
+)
+async def test_a_user_that_may_not_append_is_a_startup_error_for_a_publisher(
+    tmp_path: Path, denied: str, said: str
+) -> None:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(REDIS_SERVER, tmp_path)
+    server.start("--user", "default", "off", "--user", "feed", "on", ">pw", "~*", "+@all", denied)
+    url = f"redis://feed:pw@127.0.0.1:{server.port}/0"
+    try:
+        message = await startup_error(url, append=True)
+        async with connect(url, channel="test", maxlen=10):
+            pass  # an instance that only reads needs neither
+    finally:
+        server.stop()
+    assert message.startswith(
+        f"Redis at redis://feed:***@127.0.0.1:{server.port}/0 does not let this user append "
+        "to 'trio-broadcast:test' (the ACL must allow EVAL, and XADD on that key): "
+    ), message
+    assert message.endswith(said), message
 
 
 async def test_append_then_read_history_and_live(redis_server: RedisServer) -> None:

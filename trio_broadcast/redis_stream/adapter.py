@@ -86,7 +86,7 @@ def _client(url: str, name: str) -> Redis[bytes]:
 
 @asynccontextmanager
 async def connect(
-    url: str, *, channel: str, maxlen: int, name: str | None = None
+    url: str, *, channel: str, maxlen: int, name: str | None = None, append: bool = False
 ) -> AsyncIterator[RedisStream]:
     """Connect to Redis and check that the channel's key can be a stream.
 
@@ -94,7 +94,10 @@ async def connect(
     credentials, a key of another type) raises :class:`StartupError` with one
     line saying which, within :data:`CONNECT_TIMEOUT`. ``name`` is the
     connection's ``CLIENT SETNAME`` (default: ``trio-broadcast-<pid>``), so an
-    operator can tell the instances apart in ``CLIENT LIST``.
+    operator can tell the instances apart in ``CLIENT LIST``. With ``append``
+    (an instance that publishes its input), the Redis user must also be allowed
+    to append (:func:`check_append`): once running, a refusal would be retried
+    forever, holding the input, so it is a start-up error instead.
     """
     client = _client(url, name or f"trio-broadcast-{os.getpid()}")
     from coredis.exceptions import AuthenticationError, AuthorizationError
@@ -113,6 +116,8 @@ async def connect(
         if kind not in (None, b"none", b"stream"):
             shown = kind.decode(errors="replace") if isinstance(kind, bytes) else kind
             raise StartupError(f"Redis key {key!r} at {where} holds a {shown}, not a stream")
+        if append:
+            await check_append(client, key, maxlen, where)
         log.info("sharing channel %r through Redis at %s", channel, where)
         yield RedisStream(client, key, maxlen)
 
@@ -132,6 +137,40 @@ and an error (the key turned into another type, Redis out of memory: the
 midway) appends nothing. It replaces ``MULTI``/``XADD``…/``EXEC``, which gave
 the same guarantee for about 13 times the client's CPU per line (bench/README.md,
 "The Redis path")."""
+
+
+CHECK_APPEND_SCRIPT = b"""#!lua flags=no-writes
+return redis.acl_check_cmd('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], '')
+"""
+"""``EVAL CHECK_APPEND_SCRIPT 1 key maxlen field``: 1 if the user may run
+:data:`APPEND_SCRIPT`'s ``XADD`` on ``key``, nil if not; writes nothing."""
+
+
+async def check_append(client: Redis[bytes], key: str, maxlen: int, where: str) -> None:
+    """Raise :class:`StartupError` unless this Redis user may append to ``key``.
+
+    Appending is ``EVAL`` of :data:`APPEND_SCRIPT`, which runs ``XADD``: an ACL
+    user needs both (and write access to the key). Running a script that asks
+    Redis (``redis.acl_check_cmd``, Redis 7) tests both without writing. What
+    an ACL refuses is no outage: retried, it would hold standard input forever.
+    """
+    from coredis.exceptions import AuthorizationError
+
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            allowed = await client.eval(CHECK_APPEND_SCRIPT, [key], [maxlen, FIELD])
+    except AuthorizationError as exc:
+        raise StartupError(
+            f"Redis at {where} does not let this user append to {key!r} (the ACL must allow "
+            f"EVAL, and XADD on that key): {exc}"
+        ) from None
+    except unreachable() as exc:
+        raise StartupError(f"cannot use Redis at {where}: {why(exc)}") from None
+    if allowed != 1:
+        raise StartupError(
+            f"Redis at {where} does not let this user append to {key!r} (the ACL must allow "
+            f"EVAL, and XADD on that key): this user has no permissions to run XADD on it"
+        )
 
 
 class RedisStream:
