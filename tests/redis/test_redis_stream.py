@@ -133,9 +133,11 @@ async def test_append_then_read_history_and_live(redis_server: RedisServer) -> N
         assert (cursor.last, cursor.number) == (last, 5)
         assert await stream.counters() == (5, 5)
         everything = await stream.read(ORIGIN, count=100, block_ms=100)
-        assert [line for _, line in everything] == ["a", "", "c", "d", "e"]
-        assert everything[-1][0] == last
-        assert await stream.read(last, count=100, block_ms=50) == []  # blocked, then nothing
+        assert everything.lines == ["a", "", "c", "d", "e"]
+        assert (everything.last, everything.count) == (last, 5)
+        assert everything.ids[-1] == str(last)
+        nothing = await stream.read(last, count=100, block_ms=50)  # blocked, then nothing
+        assert (nothing.lines, nothing.last, nothing.count) == ([], None, 0)
 
 
 async def test_maxlen_caps_the_stream(redis_server: RedisServer) -> None:
@@ -202,10 +204,10 @@ async def test_a_read_cancelled_while_blocked_does_not_hold_up_the_next(
         assert waited.cancelled_caught
         # Not behind the abandoned XREAD BLOCK's 5 s: its connection was dropped.
         with trio.fail_after(2):
-            assert await stream.read(ORIGIN, count=10, block_ms=100) == []
+            assert (await stream.read(ORIGIN, count=10, block_ms=100)).count == 0
             await stream.append(["after"])
             entries = await stream.read(ORIGIN, count=10, block_ms=100)
-        assert [line for _, line in entries] == ["after"]
+        assert entries.lines == ["after"]
 
 
 async def test_append_is_all_or_none_and_keeps_working_after_its_connection_dies(
@@ -226,7 +228,7 @@ async def test_append_is_all_or_none_and_keeps_working_after_its_connection_dies
             except coredis.exceptions.ConnectionError:
                 pass
         entries = await stream.read(ORIGIN, count=10, block_ms=10)
-    assert [line for _, line in entries] == ["a", "b", "c", "d"]
+    assert entries.lines == ["a", "b", "c", "d"]
 
 
 async def test_cursor_against_a_stream_trimmed_past_it(redis_server: RedisServer) -> None:
@@ -243,4 +245,4 @@ async def test_cursor_against_a_stream_trimmed_past_it(redis_server: RedisServer
         gap = cursor.resync(*await stream.counters())
         assert (gap.skipped, gap.reset) == (49, False)
         entries = await stream.read(cursor.last, count=10, block_ms=10)
-        assert [line for _, line in entries] == ["gone 49"]
+        assert entries.lines == ["gone 49"]

@@ -29,9 +29,10 @@ from .entries import (
     FIELD,
     ORIGIN,
     Cursor,
+    Entries,
     EntryId,
+    decode_entries,
     decode_entry,
-    decode_fields,
     encode_value,
     stream_key,
 )
@@ -286,9 +287,7 @@ class RedisStream:
             for entry in entries
         ]
 
-    async def read(
-        self, after: EntryId, count: int, block_ms: int
-    ) -> list[tuple[EntryId, str | None]]:
+    async def read(self, after: EntryId, count: int, block_ms: int) -> Entries:
         """Up to ``count`` entries after ``after``, waiting up to ``block_ms`` for one."""
         with trio.fail_after(block_ms / 1000 + REQUEST_TIMEOUT):
             connection = await self._connection("read")
@@ -306,12 +305,9 @@ class RedisStream:
                 disconnect_on_cancellation=True,
             )
         if not reply:
-            return []
+            return decode_entries(())
         assert isinstance(reply, dict), reply
-        return [
-            (EntryId.parse(identifier), decode_fields(fields))
-            for identifier, fields in reply.get(self._raw_key, ())
-        ]
+        return decode_entries(reply.get(self._raw_key, ()))
 
     async def _info(self) -> tuple[int, int, EntryId, EntryId] | None:
         """``entries-added``, ``length``, ``last-generated-id``, ``recorded-first-entry-id``."""
