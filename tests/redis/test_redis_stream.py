@@ -217,7 +217,7 @@ async def test_append_is_all_or_none_and_keeps_working_after_its_connection_dies
         await stream.append(["a", "b"])
         async with coredis.Redis.from_url(redis_server.url) as admin:
             await admin.set("not-a-stream", "x")
-        refused = RedisStream(stream.client, "not-a-stream", stream.maxlen)
+        refused = RedisStream(stream.client, "not-a-stream", stream.maxlen, stream.nursery)
         with pytest.raises(coredis.exceptions.WrongTypeError):
             await refused.append(["c", "d"])
         assert await kill_clients_named(redis_server, "writer-under-test") >= 1
@@ -229,6 +229,53 @@ async def test_append_is_all_or_none_and_keeps_working_after_its_connection_dies
                 pass
         entries = await stream.read(ORIGIN, count=10, block_ms=10)
     assert entries.lines == ["a", "b", "c", "d"]
+
+
+async def blocked(server: RedisServer, name: str) -> None:
+    """Return once Redis says the client named ``name`` is blocked (``XREAD BLOCK``)."""
+    async with coredis.Redis.from_url(server.url) as admin:
+        while not any(
+            client["name"] == name and "b" in client["flags"]
+            for client in await admin.client_list()
+        ):
+            await trio.sleep(0.01)  # polls a condition; the caller bounds the time
+
+
+async def test_connections_lost_while_held_do_not_use_up_the_pool(
+    redis_server: RedisServer,
+) -> None:
+    """The append's and the read's connections are lost 3 times a round, 5 rounds.
+
+    coredis's pool gives a slot back only for a connection idle in it: a held
+    connection that died, or was dropped, used to take its slot for good, and
+    with 2 slots the instance wedged (no append, no read, no XINFO) in round 1.
+    """
+    url = f"{redis_server.url}?max_connections=2"
+    async with connect(url, channel="lost", maxlen=100, name="held") as stream:
+        last = await stream.append(["start"])
+
+        async def read_until_lost() -> None:
+            with pytest.raises(coredis.exceptions.ConnectionError):
+                await stream.read(last, count=10, block_ms=20_000)
+
+        for done in range(1, 6):
+            with trio.fail_after(5):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(read_until_lost)
+                    await blocked(redis_server, "held")
+                    # Kills the blocked read's connection and the append's, held between calls.
+                    assert await kill_clients_named(redis_server, "held") >= 2
+                for _ in range(2):  # the kill may or may not be noticed before the next append
+                    try:
+                        last = await stream.append(["after a kill"])
+                        break
+                    except coredis.exceptions.ConnectionError:
+                        pass
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stream.read, last, 10, 20_000)
+                    await blocked(redis_server, "held")
+                    nursery.cancel_scope.cancel()  # its connection owes a reply: dropped
+                assert await stream.counters() == (1 + done, 1 + done)
 
 
 async def test_cursor_against_a_stream_trimmed_past_it(redis_server: RedisServer) -> None:

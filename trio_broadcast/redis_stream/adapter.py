@@ -120,7 +120,11 @@ async def connect(
         if append:
             await check_append(client, key, maxlen, where)
         log.info("sharing channel %r through Redis at %s", channel, where)
-        yield RedisStream(client, key, maxlen)
+        async with trio.open_nursery() as connections:
+            try:
+                yield RedisStream(client, key, maxlen, connections)
+            finally:
+                connections.cancel_scope.cancel()  # closes the append's and the read's
 
 
 APPEND_SCRIPT = b"""#!lua
@@ -185,13 +189,27 @@ class RedisStream:
     connection, and an append must not wait behind it), send coredis's
     lowest-level request (no per-command validation, telemetry or pool round
     trip), and parse the raw reply themselves. A connection that broke is
-    replaced by a fresh one from the pool on the next call.
+    replaced by a fresh one on the next call.
+
+    Those two connections are not the pool's: each is made like the pool's
+    (its ``connection_class``, ``location`` and ``connection_kwargs``: same
+    server, credentials, database and client name) and runs in ``nursery``,
+    which :func:`connect` closes. Taken from the pool, a kept connection that
+    broke (Redis restarted, ``CLIENT KILL``, a timeout, a cancelled blocking
+    read) took its slot with it: coredis 6 gives a slot back only for a
+    connection that dies idle in the pool, and ``release`` drops an unusable
+    one, so after about ``max_connections`` (64 by default) losses over the
+    process's life every command waited forever for a slot. The other methods
+    use the pool as coredis's own commands do, handing the connection back
+    before waiting for the reply, so a loss there frees its slot.
     """
 
-    def __init__(self, client: Redis[bytes], key: str, maxlen: int) -> None:
+    def __init__(self, client: Redis[bytes], key: str, maxlen: int, nursery: trio.Nursery) -> None:
         self.client = client
         self.key = key
         self.maxlen = maxlen
+        self.nursery = nursery
+        """Where the append's and the read's own connections run."""
         self._raw_key = key.encode()
         self._held: dict[str, BaseConnection] = {}
 
@@ -201,8 +219,12 @@ class RedisStream:
         if connection is None or not connection.usable:
             if connection is not None:
                 del self._held[role]
-                self.client.connection_pool.release(connection)
-            connection = await self.client.connection_pool.get_connection()
+                connection.invalidate()  # its task in the nursery ends (if it has not)
+            pool = self.client.connection_pool
+            connection = pool.connection_class(pool.location, **pool.connection_kwargs)
+            # Returns once connected and ready (HELLO, AUTH, SELECT, SETNAME done),
+            # raises what coredis raises if it cannot get there.
+            await self.nursery.start(_run_connection, connection)
             self._held[role] = connection
         return connection
 
@@ -326,6 +348,19 @@ class RedisStream:
             EntryId.parse(info["last-generated-id"]),
             _reply_id(info["recorded-first-entry-id"]),
         )
+
+
+async def _run_connection(
+    connection: BaseConnection, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run ``connection`` until it is lost, invalidated or cancelled.
+
+    ``BaseConnection.run`` raises only before it reports started (it could not
+    connect or was refused: :meth:`trio.Nursery.start` hands that to the caller);
+    once ready, it returns when the connection ends, with the connection
+    unusable, which the next call sees.
+    """
+    await connection.run(task_status=task_status)
 
 
 def _reply_id(value: object) -> EntryId:
