@@ -24,6 +24,7 @@ from trio_broadcast.redis_stream.entries import (
     SEQ_MAX,
     Cursor,
     EntryId,
+    decode_entries,
     decode_entry,
     decode_fields,
     encode_line,
@@ -77,6 +78,27 @@ def test_entries_not_ours_are_recognised() -> None:
     assert decode_fields([b"other", b"x", b"line", b"y"]) == "y"
     assert decode_fields([b"other", b"line"]) is None
     assert decode_fields([b"line", b"bad \xff utf-8"]) == "bad \ufffd utf-8"
+
+
+def test_a_read_keeps_the_ids_redis_sent_and_parses_only_the_last() -> None:
+    read = decode_entries(
+        [
+            [b"1700000000000-0", [FIELD, b"a"]],
+            [b"1700000000000-1", [b"other", b"x"]],  # not ours: counted, not published
+            [b"1700000000001-0", [FIELD, "\u00e9".encode()]],
+        ]
+    )
+    assert read.lines == ["a", "\u00e9"]
+    assert read.ids == ["1700000000000-0", "1700000000001-0"]
+    assert read.last == EntryId(1700000000001, 0)
+    assert read.count == 3
+    # What Redis sends is what an EntryId prints: the same ID either way.
+    assert all(str(EntryId.parse(i)) == i for i in read.ids)
+    empty = decode_entries([])
+    assert (empty.lines, empty.ids, empty.last, empty.count) == ([], [], None, 0)
+    cursor = Cursor()
+    cursor.advance(EntryId(5, 0), 3)
+    assert (cursor.last, cursor.number) == (EntryId(5, 0), 3)
 
 
 def test_backoff_grows_to_its_cap_with_jitter() -> None:

@@ -153,7 +153,7 @@ async def _run(
         await run(config, stdin, _announce, counters)
         return
     async with redis_stream.connect(
-        redis.url, channel=redis.channel, maxlen=redis.maxlen
+        redis.url, channel=redis.channel, maxlen=redis.maxlen, append=stdin is not None
     ) as stream:
         resume = redis_stream.StreamHistory(stream)
         source = redis_stream.stream_source(

@@ -41,12 +41,12 @@ async def channel(
             yield stream
 
 
-async def startup_error(url: str, channel: str = "test") -> str:
+async def startup_error(url: str, channel: str = "test", *, append: bool = False) -> str:
     """The one-line message of the StartupError that ``connect`` raises."""
     messages: list[str] = []
     with trio.fail_after(10):
         try:
-            async with connect(url, channel=channel, maxlen=10):
+            async with connect(url, channel=channel, maxlen=10, append=append):
                 pass
         except* StartupError as group:
             messages += [str(error) for error in group.exceptions]
@@ -91,6 +91,34 @@ async def test_a_key_of_another_type_is_a_startup_error(redis_server: RedisServe
     assert message.endswith("holds a string, not a stream"), message
 
 
+@pytest.mark.parametrize(
+    ("denied", "said"),
+    [
+        ("-eval", "this user has no permissions to run the 'eval' command"),
+        ("-xadd", "this user has no permissions to run XADD on it"),
+    ],
+)
+async def test_a_user_that_may_not_append_is_a_startup_error_for_a_publisher(
+    tmp_path: Path, denied: str, said: str
+) -> None:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(REDIS_SERVER, tmp_path)
+    server.start("--user", "default", "off", "--user", "feed", "on", ">pw", "~*", "+@all", denied)
+    url = f"redis://feed:pw@127.0.0.1:{server.port}/0"
+    try:
+        message = await startup_error(url, append=True)
+        async with connect(url, channel="test", maxlen=10):
+            pass  # an instance that only reads needs neither
+    finally:
+        server.stop()
+    assert message.startswith(
+        f"Redis at redis://feed:***@127.0.0.1:{server.port}/0 does not let this user append "
+        "to 'trio-broadcast:test' (the ACL must allow EVAL, and XADD on that key): "
+    ), message
+    assert message.endswith(said), message
+
+
 async def test_append_then_read_history_and_live(redis_server: RedisServer) -> None:
     async with channel(redis_server) as stream:
         cursor, history = await stream.latest(5)
@@ -105,9 +133,11 @@ async def test_append_then_read_history_and_live(redis_server: RedisServer) -> N
         assert (cursor.last, cursor.number) == (last, 5)
         assert await stream.counters() == (5, 5)
         everything = await stream.read(ORIGIN, count=100, block_ms=100)
-        assert [line for _, line in everything] == ["a", "", "c", "d", "e"]
-        assert everything[-1][0] == last
-        assert await stream.read(last, count=100, block_ms=50) == []  # blocked, then nothing
+        assert everything.lines == ["a", "", "c", "d", "e"]
+        assert (everything.last, everything.count) == (last, 5)
+        assert everything.ids[-1] == str(last)
+        nothing = await stream.read(last, count=100, block_ms=50)  # blocked, then nothing
+        assert (nothing.lines, nothing.last, nothing.count) == ([], None, 0)
 
 
 async def test_maxlen_caps_the_stream(redis_server: RedisServer) -> None:
@@ -174,10 +204,10 @@ async def test_a_read_cancelled_while_blocked_does_not_hold_up_the_next(
         assert waited.cancelled_caught
         # Not behind the abandoned XREAD BLOCK's 5 s: its connection was dropped.
         with trio.fail_after(2):
-            assert await stream.read(ORIGIN, count=10, block_ms=100) == []
+            assert (await stream.read(ORIGIN, count=10, block_ms=100)).count == 0
             await stream.append(["after"])
             entries = await stream.read(ORIGIN, count=10, block_ms=100)
-        assert [line for _, line in entries] == ["after"]
+        assert entries.lines == ["after"]
 
 
 async def test_append_is_all_or_none_and_keeps_working_after_its_connection_dies(
@@ -187,7 +217,7 @@ async def test_append_is_all_or_none_and_keeps_working_after_its_connection_dies
         await stream.append(["a", "b"])
         async with coredis.Redis.from_url(redis_server.url) as admin:
             await admin.set("not-a-stream", "x")
-        refused = RedisStream(stream.client, "not-a-stream", stream.maxlen)
+        refused = RedisStream(stream.client, "not-a-stream", stream.maxlen, stream.nursery)
         with pytest.raises(coredis.exceptions.WrongTypeError):
             await refused.append(["c", "d"])
         assert await kill_clients_named(redis_server, "writer-under-test") >= 1
@@ -198,7 +228,54 @@ async def test_append_is_all_or_none_and_keeps_working_after_its_connection_dies
             except coredis.exceptions.ConnectionError:
                 pass
         entries = await stream.read(ORIGIN, count=10, block_ms=10)
-    assert [line for _, line in entries] == ["a", "b", "c", "d"]
+    assert entries.lines == ["a", "b", "c", "d"]
+
+
+async def blocked(server: RedisServer, name: str) -> None:
+    """Return once Redis says the client named ``name`` is blocked (``XREAD BLOCK``)."""
+    async with coredis.Redis.from_url(server.url) as admin:
+        while not any(
+            client["name"] == name and "b" in client["flags"]
+            for client in await admin.client_list()
+        ):
+            await trio.sleep(0.01)  # polls a condition; the caller bounds the time
+
+
+async def test_connections_lost_while_held_do_not_use_up_the_pool(
+    redis_server: RedisServer,
+) -> None:
+    """The append's and the read's connections are lost 3 times a round, 5 rounds.
+
+    coredis's pool gives a slot back only for a connection idle in it: a held
+    connection that died, or was dropped, used to take its slot for good, and
+    with 2 slots the instance wedged (no append, no read, no XINFO) in round 1.
+    """
+    url = f"{redis_server.url}?max_connections=2"
+    async with connect(url, channel="lost", maxlen=100, name="held") as stream:
+        last = await stream.append(["start"])
+
+        async def read_until_lost() -> None:
+            with pytest.raises(coredis.exceptions.ConnectionError):
+                await stream.read(last, count=10, block_ms=20_000)
+
+        for done in range(1, 6):
+            with trio.fail_after(5):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(read_until_lost)
+                    await blocked(redis_server, "held")
+                    # Kills the blocked read's connection and the append's, held between calls.
+                    assert await kill_clients_named(redis_server, "held") >= 2
+                for _ in range(2):  # the kill may or may not be noticed before the next append
+                    try:
+                        last = await stream.append(["after a kill"])
+                        break
+                    except coredis.exceptions.ConnectionError:
+                        pass
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stream.read, last, 10, 20_000)
+                    await blocked(redis_server, "held")
+                    nursery.cancel_scope.cancel()  # its connection owes a reply: dropped
+                assert await stream.counters() == (1 + done, 1 + done)
 
 
 async def test_cursor_against_a_stream_trimmed_past_it(redis_server: RedisServer) -> None:
@@ -215,4 +292,4 @@ async def test_cursor_against_a_stream_trimmed_past_it(redis_server: RedisServer
         gap = cursor.resync(*await stream.counters())
         assert (gap.skipped, gap.reset) == (49, False)
         entries = await stream.read(cursor.last, count=10, block_ms=10)
-        assert [line for _, line in entries] == ["gone 49"]
+        assert entries.lines == ["gone 49"]

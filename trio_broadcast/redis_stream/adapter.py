@@ -29,9 +29,10 @@ from .entries import (
     FIELD,
     ORIGIN,
     Cursor,
+    Entries,
     EntryId,
+    decode_entries,
     decode_entry,
-    decode_fields,
     encode_value,
     stream_key,
 )
@@ -86,7 +87,7 @@ def _client(url: str, name: str) -> Redis[bytes]:
 
 @asynccontextmanager
 async def connect(
-    url: str, *, channel: str, maxlen: int, name: str | None = None
+    url: str, *, channel: str, maxlen: int, name: str | None = None, append: bool = False
 ) -> AsyncIterator[RedisStream]:
     """Connect to Redis and check that the channel's key can be a stream.
 
@@ -94,7 +95,10 @@ async def connect(
     credentials, a key of another type) raises :class:`StartupError` with one
     line saying which, within :data:`CONNECT_TIMEOUT`. ``name`` is the
     connection's ``CLIENT SETNAME`` (default: ``trio-broadcast-<pid>``), so an
-    operator can tell the instances apart in ``CLIENT LIST``.
+    operator can tell the instances apart in ``CLIENT LIST``. With ``append``
+    (an instance that publishes its input), the Redis user must also be allowed
+    to append (:func:`check_append`): once running, a refusal would be retried
+    forever, holding the input, so it is a start-up error instead.
     """
     client = _client(url, name or f"trio-broadcast-{os.getpid()}")
     from coredis.exceptions import AuthenticationError, AuthorizationError
@@ -113,8 +117,14 @@ async def connect(
         if kind not in (None, b"none", b"stream"):
             shown = kind.decode(errors="replace") if isinstance(kind, bytes) else kind
             raise StartupError(f"Redis key {key!r} at {where} holds a {shown}, not a stream")
+        if append:
+            await check_append(client, key, maxlen, where)
         log.info("sharing channel %r through Redis at %s", channel, where)
-        yield RedisStream(client, key, maxlen)
+        async with trio.open_nursery() as connections:
+            try:
+                yield RedisStream(client, key, maxlen, connections)
+            finally:
+                connections.cancel_scope.cancel()  # closes the append's and the read's
 
 
 APPEND_SCRIPT = b"""#!lua
@@ -134,6 +144,40 @@ the same guarantee for about 13 times the client's CPU per line (bench/README.md
 "The Redis path")."""
 
 
+CHECK_APPEND_SCRIPT = b"""#!lua flags=no-writes
+return redis.acl_check_cmd('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], '')
+"""
+"""``EVAL CHECK_APPEND_SCRIPT 1 key maxlen field``: 1 if the user may run
+:data:`APPEND_SCRIPT`'s ``XADD`` on ``key``, nil if not; writes nothing."""
+
+
+async def check_append(client: Redis[bytes], key: str, maxlen: int, where: str) -> None:
+    """Raise :class:`StartupError` unless this Redis user may append to ``key``.
+
+    Appending is ``EVAL`` of :data:`APPEND_SCRIPT`, which runs ``XADD``: an ACL
+    user needs both (and write access to the key). Running a script that asks
+    Redis (``redis.acl_check_cmd``, Redis 7) tests both without writing. What
+    an ACL refuses is no outage: retried, it would hold standard input forever.
+    """
+    from coredis.exceptions import AuthorizationError
+
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            allowed = await client.eval(CHECK_APPEND_SCRIPT, [key], [maxlen, FIELD])
+    except AuthorizationError as exc:
+        raise StartupError(
+            f"Redis at {where} does not let this user append to {key!r} (the ACL must allow "
+            f"EVAL, and XADD on that key): {exc}"
+        ) from None
+    except unreachable() as exc:
+        raise StartupError(f"cannot use Redis at {where}: {why(exc)}") from None
+    if allowed != 1:
+        raise StartupError(
+            f"Redis at {where} does not let this user append to {key!r} (the ACL must allow "
+            f"EVAL, and XADD on that key): this user has no permissions to run XADD on it"
+        )
+
+
 class RedisStream:
     """One channel's stream: each method is one conversation with Redis.
 
@@ -145,13 +189,27 @@ class RedisStream:
     connection, and an append must not wait behind it), send coredis's
     lowest-level request (no per-command validation, telemetry or pool round
     trip), and parse the raw reply themselves. A connection that broke is
-    replaced by a fresh one from the pool on the next call.
+    replaced by a fresh one on the next call.
+
+    Those two connections are not the pool's: each is made like the pool's
+    (its ``connection_class``, ``location`` and ``connection_kwargs``: same
+    server, credentials, database and client name) and runs in ``nursery``,
+    which :func:`connect` closes. Taken from the pool, a kept connection that
+    broke (Redis restarted, ``CLIENT KILL``, a timeout, a cancelled blocking
+    read) took its slot with it: coredis 6 gives a slot back only for a
+    connection that dies idle in the pool, and ``release`` drops an unusable
+    one, so after about ``max_connections`` (64 by default) losses over the
+    process's life every command waited forever for a slot. The other methods
+    use the pool as coredis's own commands do, handing the connection back
+    before waiting for the reply, so a loss there frees its slot.
     """
 
-    def __init__(self, client: Redis[bytes], key: str, maxlen: int) -> None:
+    def __init__(self, client: Redis[bytes], key: str, maxlen: int, nursery: trio.Nursery) -> None:
         self.client = client
         self.key = key
         self.maxlen = maxlen
+        self.nursery = nursery
+        """Where the append's and the read's own connections run."""
         self._raw_key = key.encode()
         self._held: dict[str, BaseConnection] = {}
 
@@ -161,8 +219,12 @@ class RedisStream:
         if connection is None or not connection.usable:
             if connection is not None:
                 del self._held[role]
-                self.client.connection_pool.release(connection)
-            connection = await self.client.connection_pool.get_connection()
+                connection.invalidate()  # its task in the nursery ends (if it has not)
+            pool = self.client.connection_pool
+            connection = pool.connection_class(pool.location, **pool.connection_kwargs)
+            # Returns once connected and ready (HELLO, AUTH, SELECT, SETNAME done),
+            # raises what coredis raises if it cannot get there.
+            await self.nursery.start(_run_connection, connection)
             self._held[role] = connection
         return connection
 
@@ -247,9 +309,7 @@ class RedisStream:
             for entry in entries
         ]
 
-    async def read(
-        self, after: EntryId, count: int, block_ms: int
-    ) -> list[tuple[EntryId, str | None]]:
+    async def read(self, after: EntryId, count: int, block_ms: int) -> Entries:
         """Up to ``count`` entries after ``after``, waiting up to ``block_ms`` for one."""
         with trio.fail_after(block_ms / 1000 + REQUEST_TIMEOUT):
             connection = await self._connection("read")
@@ -267,12 +327,9 @@ class RedisStream:
                 disconnect_on_cancellation=True,
             )
         if not reply:
-            return []
+            return decode_entries(())
         assert isinstance(reply, dict), reply
-        return [
-            (EntryId.parse(identifier), decode_fields(fields))
-            for identifier, fields in reply.get(self._raw_key, ())
-        ]
+        return decode_entries(reply.get(self._raw_key, ()))
 
     async def _info(self) -> tuple[int, int, EntryId, EntryId] | None:
         """``entries-added``, ``length``, ``last-generated-id``, ``recorded-first-entry-id``."""
@@ -291,6 +348,19 @@ class RedisStream:
             EntryId.parse(info["last-generated-id"]),
             _reply_id(info["recorded-first-entry-id"]),
         )
+
+
+async def _run_connection(
+    connection: BaseConnection, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run ``connection`` until it is lost, invalidated or cancelled.
+
+    ``BaseConnection.run`` raises only before it reports started (it could not
+    connect or was refused: :meth:`trio.Nursery.start` hands that to the caller);
+    once ready, it returns when the connection ends, with the connection
+    unusable, which the next call sees.
+    """
+    await connection.run(task_status=task_status)
 
 
 def _reply_id(value: object) -> EntryId:

@@ -96,6 +96,40 @@ def decode_fields(fields: Sequence[bytes]) -> str | None:
     return None
 
 
+@dataclass(slots=True)
+class Entries:
+    """What one ``XREAD`` returned, in stream order, ready to publish."""
+
+    lines: list[str]
+    """The lines of the entries that are ours (:func:`decode_fields`)."""
+    ids: list[str]
+    """Their entry IDs, as Redis wrote them."""
+    last: EntryId | None
+    """The last entry read, ours or not; ``None`` if none was."""
+    count: int
+    """Entries read, ours or not."""
+
+
+def decode_entries(entries: Sequence[Sequence[Any]]) -> Entries:
+    """The entries of an ``XREAD`` reply (``[[id, [name, value, …]], …]``, raw bytes).
+
+    Only the last ID is parsed: a reader needs no more to move its cursor,
+    and the IDs it publishes are kept as the text Redis sent, which is what
+    :class:`EntryId` prints (Redis writes every ID as ``<ms>-<seq>`` in
+    decimal). Parsing each one cost 4 of the 6 µs an entry took to read
+    (measured for issue 15), for up to 1,000 entries a read.
+    """
+    lines: list[str] = []
+    ids: list[str] = []
+    for identifier, fields in entries:
+        line = decode_fields(fields)
+        if line is not None:
+            lines.append(line)
+            ids.append(identifier.decode("ascii"))
+    last = EntryId.parse(entries[-1][0]) if entries else None
+    return Entries(lines, ids, last, len(entries))
+
+
 @dataclass(frozen=True, slots=True)
 class Gap:
     """What :meth:`Cursor.resync` found."""
@@ -121,10 +155,10 @@ class Cursor:
     last: EntryId = ORIGIN
     number: int = 0
 
-    def advance(self, entry: EntryId) -> None:
-        """The entry after :attr:`last` has been delivered."""
+    def advance(self, entry: EntryId, count: int = 1) -> None:
+        """The ``count`` entries after :attr:`last`, up to ``entry``, have been delivered."""
         self.last = entry
-        self.number += 1
+        self.number += count
 
     def resync(self, entries_added: int, length: int) -> Gap:
         """Compare with the stream's counters (0, 0 when it does not exist); move past a gap."""

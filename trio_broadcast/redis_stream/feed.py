@@ -23,7 +23,7 @@ import trio
 
 from ..source import LineSource, Publish
 from .adapter import RedisStream, unreachable, where
-from .entries import Cursor, EntryId, Gap
+from .entries import Cursor, Entries, EntryId, Gap
 from .history import StreamHistory
 from .retrying import Backoff, Link, retry
 
@@ -141,18 +141,13 @@ class Follower:
             await self._publish([line for _, line in history], [str(id) for id, _ in history])
         task_status.started()
         while True:
-            entries = await self._retry(self._read, on_error=self._check_for_gaps)
-            lines: list[str] = []
-            ids: list[str] = []
-            for entry_id, line in entries:
-                self.cursor.advance(entry_id)
-                if line is not None:
-                    lines.append(line)
-                    ids.append(str(entry_id))
-            if lines:
-                await self._publish(lines, ids)
+            read = await self._retry(self._read, on_error=self._check_for_gaps)
+            if read.last is not None:
+                self.cursor.advance(read.last, read.count)
+            if read.lines:
+                await self._publish(read.lines, read.ids)
             # A full read means it is behind: check that it is not behind the trimming.
-            self._check = len(entries) == self._count
+            self._check = read.count == self._count
             self._progress.set()
             self._progress = trio.Event()
 
@@ -170,7 +165,7 @@ class Follower:
             on_error=on_error,
         )
 
-    async def _read(self) -> list[tuple[EntryId, str | None]]:
+    async def _read(self) -> Entries:
         if self._check:
             self._report(self.cursor.resync(*await self._stream.counters()))
             self._check = False
