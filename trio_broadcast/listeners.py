@@ -206,12 +206,16 @@ async def accept_forever(
 def _waiting_queue(listener: trio.abc.Listener[trio.abc.Stream]) -> Iterator[socket.socket | None]:
     """A non-blocking duplicate of a plain listener's socket, to take its queue in a burst.
 
-    ``None`` for a TLS listener. Closed on the way out; the listener stays open.
+    ``None`` for a TLS listener, or when no descriptor is left for the duplicate.
+    Closed on the way out; the listener stays open.
     """
-    if not isinstance(listener, trio.SocketListener):
+    fd = -1
+    if isinstance(listener, trio.SocketListener):
+        with suppress(OSError):  # out of descriptors already: one connection at a time
+            fd = os.dup(listener.socket.fileno())
+    if fd < 0:
         yield None
         return
-    fd = os.dup(listener.socket.fileno())
     with socket.socket(fileno=fd) as duplicate:
         duplicate.setblocking(False)
         yield duplicate
