@@ -18,11 +18,10 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from . import subprotocol
 from .config import Config, OnFull
 from .fanout import Deliver, Fanout, Held, Subscription
-from .frames import encode_lines, text_frame
-from .retention import History, Retention
+from .frames import encode_lines
+from .retention import History, Retention, line_frame
 
 Callback = Callable[[], None] | None
 
@@ -94,9 +93,7 @@ class Broadcast:
         elif ids is None:
             raise ValueError("a source that keeps the history must name its lines")
         elif v1:
-            messages = [
-                text_frame(subprotocol.line(i, line)) for i, line in zip(ids, lines, strict=True)
-            ]
+            messages = [line_frame(i, line) for i, line in zip(ids, lines, strict=True)]
         return self.v1.publish_held(messages), self.plain.publish_held(frames)
 
     def subscribe_plain(

@@ -36,6 +36,12 @@ from . import subprotocol
 from .frames import text_frame
 
 
+def line_frame(position: str, text: str) -> bytes:
+    """A ``line`` message (:func:`~trio_broadcast.subprotocol.line`) as the text frame
+    that carries it: the form in which a line is retained, and sent to v1 clients."""
+    return text_frame(subprotocol.line(position, text))
+
+
 @dataclass(frozen=True, slots=True)
 class Gap:
     """A resume that could not be exact: what the ``gap`` notice says."""
@@ -164,8 +170,7 @@ class Retention:
         self.last += len(lines)
         if v1:
             frames = [
-                text_frame(subprotocol.line(self.id(number), line))
-                for number, line in enumerate(lines, first)
+                line_frame(self.id(number), line) for number, line in enumerate(lines, first)
             ]
             self._kept.extend(frames)
             sizes = [len(frame) for frame in frames]
@@ -202,7 +207,7 @@ class Retention:
         for at, number in enumerate(range(first, stop), begin):
             item = kept[at]
             if isinstance(item, str):
-                item = kept[at] = text_frame(subprotocol.line(self.id(number), item))
+                item = kept[at] = line_frame(self.id(number), item)
                 grown += len(item) - sizes[at]
                 sizes[at] = len(item)
             frames.append(item)

@@ -29,9 +29,7 @@ from typing import TypeVar
 
 import trio
 
-from .. import subprotocol
-from ..frames import text_frame
-from ..retention import Chunk, Evicted, Gap, Start, Unavailable
+from ..retention import Chunk, Evicted, Gap, Start, Unavailable, line_frame
 from .adapter import RedisStream, unreachable
 from .entries import EntryId
 
@@ -110,11 +108,7 @@ class StreamHistory:
                 raise Evicted(f"entries after {after} were trimmed from the stream")
             if not entries:
                 return Chunk([], after)
-            frames = [
-                text_frame(subprotocol.line(str(entry), line))
-                for entry, line in entries
-                if line is not None
-            ]
+            frames = [line_frame(str(entry), line) for entry, line in entries if line is not None]
             if frames:
                 return Chunk(frames, str(entries[-1][0]))
             position = entries[-1][0]  # only entries that are not ours: read on
