@@ -54,7 +54,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import trio
 
@@ -149,9 +150,19 @@ class FrameStream(trio.abc.Stream):
         """Whether bytes handed over are still waiting to be written."""
         return self._order.pending
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+    def receive_some(self, max_bytes: int | None = None) -> Coroutine[Any, Any, bytes | bytearray]:
+        """Receive the bytes read before the handshake, then from the transport.
+
+        Not a coroutine function itself: once those bytes are handed out, it
+        returns the transport's own ``receive_some()``, so trio-websocket's
+        reader, which waits here for as long as the client is connected, holds
+        one coroutine frame fewer (about 0.2 KB a connection, issue 14).
+        """
         if not self._replay:
-            return await self.transport.receive_some(max_bytes)
+            return self.transport.receive_some(max_bytes)
+        return self._receive_replay(max_bytes)
+
+    async def _receive_replay(self, max_bytes: int | None) -> bytes:
         await trio.lowlevel.checkpoint()
         size = len(self._replay) if max_bytes is None else max_bytes
         data, self._replay = self._replay[:size], self._replay[size:]
