@@ -34,7 +34,6 @@ any of these is used.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Generator
 from types import GeneratorType
 
@@ -245,21 +244,19 @@ class _Events:
 
     A small class rather than a closure: it lives as long as the connection,
     and a function with its cells costs a connection about 200 bytes more (issue 14).
-    It is kept on the protocol, so it holds the protocol through a weak reference:
-    a strong one would make the pair a reference cycle (see :func:`break_cycles`).
+    It is kept on the protocol and holds it, a reference cycle that
+    :func:`break_cycles` breaks when the connection ends.
     """
 
     __slots__ = ("_assembler", "_parse", "_protocol")
 
     def __init__(self, protocol: WSConnection, max_message_size: int) -> None:
-        self._protocol = weakref.ref(protocol)
+        self._protocol = protocol
         self._parse = type(protocol).events
         self._assembler = MessageAssembler(max_message_size)
 
     def __call__(self) -> Generator[Event, None, None]:
-        protocol, assembler = self._protocol(), self._assembler
-        if protocol is None:
-            return
+        protocol, assembler = self._protocol, self._assembler
         for parsed in self._parse(protocol):
             if assembler.refused:
                 return  # our close frame is out, and nothing more is read
@@ -292,8 +289,11 @@ def break_cycles(ws: WebSocketConnection) -> None:
     Closing the generator breaks the cycle; nothing parses after the reader has
     gone. Not reported upstream yet (no python-hyper/wsproto issue found). A
     wsproto without ``_parse_more`` changes nothing here, and
-    :func:`check_compatible` fails in the test suite.
+    :func:`check_compatible` fails in the test suite. The other cycle is ours,
+    the wrapped ``events()`` (:class:`_Events`) and its protocol: it is taken
+    off the protocol here.
     """
+    vars(ws._wsproto).pop("events", None)
     connection = ws._wsproto.connection
     parser = getattr(getattr(connection, "_proto", None), "_parse_more", None)
     if isinstance(parser, GeneratorType):
