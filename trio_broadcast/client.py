@@ -328,11 +328,23 @@ class _Race:
                         self.wake()
                     if self.opening is not None:
                         race.start_soon(self._side, self._open)
-                    # The receiving side, in this task (as _side() does for the others).
+                    # The receiving side, inline: a coroutine of its own would
+                    # stay suspended as long as the client, 0.25 KB (issue 14).
+                    # It reads the client's messages and echoes each one; with
+                    # echo off it reads on, so that pings and closes are handled.
                     try:
-                        ending = await self._receive()
+                        if self.opening is not None:
+                            await self.opening.greeted.wait()  # the hello comes first
+                        while True:
+                            try:
+                                message = await self.ws.get_message()
+                            except ConnectionClosed as exc:
+                                ending = _closed_by_peer(exc.reason)
+                                break
+                            if self._echo:
+                                await self.sender.send(message)
                     except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-                        ending = self._broken()
+                        ending = self._broken()  # the echo's write failed
                     self.end(ending)
                 finally:
                     # The race is over, by a side finishing or by cancellation:
@@ -355,19 +367,6 @@ class _Race:
             ending = self._broken()
         if ending is not None:
             self.end(ending)
-
-    async def _receive(self) -> Ending:
-        """Read the client's messages and echo each one (reading goes on without echoes)."""
-        if self.opening is not None:
-            await self.opening.greeted.wait()
-        ws, sender, echo = self.ws, self.sender, self._echo
-        while True:
-            try:
-                message = await ws.get_message()
-            except ConnectionClosed as exc:
-                return _closed_by_peer(exc.reason)
-            if echo:
-                await sender.send(message)
 
     async def _open(self) -> Ending | None:
         """A v1 client's hello, gap notice and backlog; it joins the live feed at the end."""
