@@ -9,6 +9,7 @@ table can be regenerated from the saved JSON at any time.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
@@ -679,13 +680,24 @@ def with_table(readme: str, rendered: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """``report.py [RESULTS.json]`` prints the table; ``--readme`` also writes it to README."""
-    args = [arg for arg in argv[1:] if arg != "--readme"]
-    default = Path(__file__).parent / "results" / "latest.json"
-    path = Path(args[0]) if args else default
-    rendered = render(json.loads(path.read_text()))
+    """``report.py [RESULTS.json] [--readme]``: print the table; ``--readme`` also writes it."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "results",
+        nargs="?",
+        type=Path,
+        default=Path(__file__).parent / "results" / "latest.json",
+        help="a results file written by bench/run.py (default: bench/results/latest.json)",
+    )
+    parser.add_argument("--readme", action="store_true", help="also put the table into README.md")
+    args = parser.parse_args(argv[1:])
+    try:
+        results = json.loads(args.results.read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"cannot read {args.results}: {exc}")
+    rendered = render(results)
     print(rendered)
-    if "--readme" in argv:
+    if args.readme:
         readme = Path(__file__).parent.parent / "README.md"
         readme.write_text(with_table(readme.read_text(), rendered))
     return 0
