@@ -26,12 +26,7 @@ import logging
 import resource
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    wrap_server_stream,
-)
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from . import subprotocol
 from .access import (
@@ -51,6 +46,7 @@ from .frame_stream import FrameStream
 from .handshake import BadRequest, RequestHead, http_response, read_request_head, send_last
 from .keepalive import KeepAlive
 from .protocol_errors import break_cycles, fix_close_handling
+from .request_handoff import accept_parsed
 from .shutdown import Shutdown
 from .web import Site
 
@@ -183,9 +179,15 @@ class Connections:
                 return None
             slot.take()
             try:
-                frames = FrameStream(stream, head.replay(), send_timeout=config.send_timeout)
-                request = await wrap_server_stream(
-                    plumbing, frames, max_message_size=config.max_message_size
+                assert head.parser is not None
+                assert head.parsed is not None
+                frames = FrameStream(stream, send_timeout=config.send_timeout)
+                request = await accept_parsed(
+                    plumbing,
+                    frames,
+                    head.parser,
+                    head.parsed,
+                    max_message_size=config.max_message_size,
                 )
                 # Before the 101, so that no frame of the client's is parsed without it.
                 fix_close_handling(request, max_message_size=config.max_message_size)
