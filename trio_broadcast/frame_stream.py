@@ -226,6 +226,12 @@ class FrameStream(trio.abc.Stream):
         """
         self._raise_if_unusable(data=True)
         last = self._order.add_control(bytes(data))
+        if not self._writing and self._fd >= 0:
+            # No one is writing: one writev now, as the write loop would, but
+            # without its timer; done once the socket takes it all (the 101, a pong).
+            self._write_nowait()
+            if self._order.control_out >= last:
+                return
         await self._write_until(lambda: self._order.control_out >= last, data=False)
 
     async def wait_send_all_might_not_block(self) -> None:
