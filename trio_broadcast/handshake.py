@@ -81,6 +81,8 @@ class RequestHead:
 
     def query(self, name: str) -> str | None:
         """The first value of query parameter ``name``, if the target has one."""
+        if "?" not in self.target:  # most handshakes: no query to parse
+            return None
         values = parse_qs(urlsplit(self.target).query, keep_blank_values=True).get(name)
         return values[0] if values else None
 
