@@ -34,11 +34,7 @@ async def test_a_parsed_request_is_accepted_on_this_release() -> None:
                 )
                 head = await read_request_head(server, 16384)
                 assert head is not None
-                assert head.parser is not None
-                assert head.parsed is not None
-                request = await accept_parsed(
-                    nursery, server, head.parser, head.parsed, max_message_size=1024
-                )
+                request = await accept_parsed(nursery, server, head, max_message_size=1024)
                 assert request.path == "/feed"
                 assert request.proposed_subprotocols == ("a", "b")
                 ws = await request.accept(subprotocol="b")

@@ -179,15 +179,9 @@ class Connections:
                 return None
             slot.take()
             try:
-                assert head.parser is not None
-                assert head.parsed is not None
                 frames = FrameStream(stream, send_timeout=config.send_timeout)
                 request = await accept_parsed(
-                    plumbing,
-                    frames,
-                    head.parser,
-                    head.parsed,
-                    max_message_size=config.max_message_size,
+                    plumbing, frames, head, max_message_size=config.max_message_size
                 )
                 # Before the 101, so that no frame of the client's is parsed without it.
                 fix_close_handling(request, max_message_size=config.max_message_size)

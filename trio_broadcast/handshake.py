@@ -195,7 +195,7 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> Re
                 target=event.target.decode("ascii", errors="replace"),
                 headers=tuple(
                     (name.decode("ascii").lower(), value.decode("latin-1"))
-                    for name, value in event.headers
+                    for name, value in event.headers.raw_items()  # a list: quicker to walk
                 ),
                 http_version=event.http_version.decode("ascii"),
                 parsed=event,

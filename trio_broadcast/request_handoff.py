@@ -49,53 +49,56 @@ from trio_websocket import WebSocketConnection, WebSocketRequest
 from wsproto import ConnectionType, WSConnection
 from wsproto.handshake import H11Handshake
 
+from .handshake import RequestHead
+
 
 class IncompatibleHandoff(RuntimeError):
     """wsproto's or trio-websocket's internals are not what this module was written against."""
 
 
 async def accept_parsed(
-    nursery: trio.Nursery,
-    stream: trio.abc.Stream,
-    parser: h11.Connection,
-    request: h11.Request,
-    *,
-    max_message_size: int,
+    nursery: trio.Nursery, stream: trio.abc.Stream, head: RequestHead, *, max_message_size: int
 ) -> WebSocketRequest:
     """``wrap_server_stream(nursery, stream, max_message_size=...)``, with the head already read.
 
-    ``parser`` is the h11 connection that read ``request`` from ``stream``,
-    and nothing was read from ``stream`` after it. The request must have
-    passed :meth:`~trio_broadcast.handshake.RequestHead.websocket_problem`,
-    which is at least as strict as wsproto: wsproto refusing it here is a bug,
-    and raises (``RemoteProtocolError``).
+    ``head`` was read from ``stream`` by
+    :func:`~trio_broadcast.handshake.read_request_head`, and nothing was read
+    from ``stream`` after it. It must have passed
+    :meth:`~trio_broadcast.handshake.RequestHead.websocket_problem`, which is
+    at least as strict as wsproto: wsproto refusing it here is a bug, and
+    raises (``RemoteProtocolError``).
     """
+    if head.parser is None or head.parsed is None:
+        raise ValueError("the request head was not read from a connection")
     protocol = WSConnection(ConnectionType.SERVER)
     handshake = protocol.handshake
-    handshake._h11_connection = parser
-    handshake._events.append(handshake._process_connection_request(_one_connection_line(request)))
+    handshake._h11_connection = head.parser
+    handshake._events.append(handshake._process_connection_request(_one_connection_line(head)))
     connection = WebSocketConnection(stream, protocol, max_message_size=max_message_size)
     nursery.start_soon(connection._reader_task)
     return await connection._get_request()
 
 
-def _one_connection_line(request: h11.Request) -> h11.Request:
-    """``request`` with its Connection lines joined into one, if it has several.
+def _one_connection_line(head: RequestHead) -> h11.Request:
+    """The request h11 read, with its Connection lines joined into one, if it has several.
 
     wsproto reads only the last Connection line, where the server's checks read
     them all as one list, as HTTP does (RFC 9110 5.3): ``Connection: Upgrade``
     then ``Connection: close`` would pass there and fail here. Any other
     request is handed on as it came.
     """
-    connections = [value for name, value in request.headers if name == b"connection"]
-    if len(connections) < 2:
+    request = head.parsed
+    assert request is not None
+    if sum(name == "connection" for name, _ in head.headers) < 2:
         return request
+    lines = [(name.lower(), value) for name, value in request.headers.raw_items()]
+    connections = [value for name, value in lines if name == b"connection"]
     return h11.Request(
         method=request.method,
         target=request.target,
         headers=[
             (b"connection", b", ".join(connections)),
-            *((name, value) for name, value in request.headers if name != b"connection"),
+            *((name, value) for name, value in lines if name != b"connection"),
         ],
         http_version=request.http_version,
     )
