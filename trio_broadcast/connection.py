@@ -88,7 +88,9 @@ class Connections:
 
     async def serve(self, stream: trio.abc.Stream) -> None:
         """Handle one accepted connection until it is closed. Never raises."""
-        peer = peer_name(stream)
+        # For log lines at INFO and DEBUG, which are all that use it but one: a
+        # system call per connection saved when they are not written.
+        peer = peer_name(stream) if log.isEnabledFor(logging.INFO) else ""
         self.open += 1
         frames: FrameStream | None = None
         ws: WebSocketConnection | None = None
@@ -122,7 +124,7 @@ class Connections:
         except* _DISCONNECTS as group:
             log.debug("connection from %s lost: %s", peer, quote(repr(group.exceptions[0])))
         except* Exception:
-            log.exception("unexpected error on the connection from %s", peer)
+            log.exception("unexpected error on the connection from %s", peer or peer_name(stream))
         finally:
             self.open -= 1
             if ws is not None:  # the reader is gone: nothing parses any more
@@ -224,7 +226,9 @@ class Connections:
         )
 
     def _connected(self, peer: str, wants: Wants) -> float:
-        """Log a client's arrival; return the time it came."""
+        """Log a client's arrival; return the time it came (for :meth:`_ended`'s line)."""
+        if not log.isEnabledFor(logging.INFO):
+            return 0.0
         log.info(
             "client %s connected (%d clients)%s",
             peer,
@@ -238,6 +242,8 @@ class Connections:
 
     def _ended(self, peer: str, report: Report, started: float) -> None:
         """Log how a client's connection ended."""
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info(
             "client %s %s after %.1f s, %d messages sent%s",
             peer,
