@@ -45,8 +45,9 @@ from cancellation (a cancelled TLS write breaks the TLS stream) and bounded by
 the same deadline, which :meth:`finish_by` can shorten when the connection is
 being closed.
 
-The receiving side first hands back the bytes already read by the HTTP parser
-(:mod:`trio_broadcast.handshake`), then reads the transport.
+The receiving side reads the transport: the request head was read before the
+hand-over, and trio-websocket gets it parsed
+(:mod:`trio_broadcast.request_handoff`), not as bytes to read again.
 """
 
 from __future__ import annotations
@@ -98,11 +99,7 @@ class WriteTimeout(trio.BrokenResourceError):
 
 
 class FrameStream(trio.abc.Stream):
-    """A connection's transport, as trio-websocket sees it, and its only writer.
-
-    ``already_read`` is what the HTTP parser read from ``transport`` before
-    the connection was handed over; ``receive_some`` returns it first.
-    """
+    """A connection's transport, as trio-websocket sees it, and its only writer."""
 
     __slots__ = (
         "_closed",
@@ -110,7 +107,6 @@ class FrameStream(trio.abc.Stream):
         "_finish_by",
         "_order",
         "_progress",
-        "_replay",
         "_send_timeout",
         "_tls_write",
         "_writing",
@@ -119,11 +115,8 @@ class FrameStream(trio.abc.Stream):
         "transport",
     )
 
-    def __init__(
-        self, transport: trio.abc.Stream, already_read: bytes = b"", *, send_timeout: float
-    ) -> None:
+    def __init__(self, transport: trio.abc.Stream, *, send_timeout: float) -> None:
         self.transport = transport
-        self._replay = already_read
         # The socket's number, on a plain TCP socket (-1 over TLS). Kept, not asked
         # for each time: the transport is closed only through this object
         # (close, abort), which first marks it closed, so the number is never
@@ -150,12 +143,7 @@ class FrameStream(trio.abc.Stream):
         return self._order.pending
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if not self._replay:
-            return await self.transport.receive_some(max_bytes)
-        await trio.lowlevel.checkpoint()
-        size = len(self._replay) if max_bytes is None else max_bytes
-        data, self._replay = self._replay[:size], self._replay[size:]
-        return data
+        return await self.transport.receive_some(max_bytes)
 
     def offer(self, frames: Sequence[bytes]) -> bool | None:
         """The fast path: if the stream is idle, write ``frames`` now, with one ``write``.
