@@ -624,7 +624,7 @@ async def instructions(kind: str, clients: int, work: Path) -> Result:
 
 
 def render_instructions(results: list[Result]) -> str:
-    first = results[0]["instructions_per_connection"]
+    last = results[-1]["instructions_per_connection"]
     return _table(
         [
             "connect path, instructions executed by the server (callgrind)",
@@ -637,8 +637,8 @@ def render_instructions(results: list[Result]) -> str:
                 *(f"{r['instructions_per_connection'] / 1e3:,.0f} k" for r in results),
             ],
             [
-                f"{results[0]['server']} ÷ this",
-                *(f"{first / r['instructions_per_connection']:.2f}" for r in results),
+                f"÷ {results[-1]['server']}'s",
+                *(f"{r['instructions_per_connection'] / last:.2f}\u00d7" for r in results),
             ],
         ],
     )
