@@ -5,7 +5,7 @@ The server reads every request head itself with h11
 careful checks). trio-websocket (0.12) has no way to take such a request:
 :func:`trio_websocket.wrap_server_stream` builds a fresh wsproto
 ``WSConnection``, whose own h11 parser reads the head again from the stream.
-Parsing it twice cost a connect about 15 % of the server's instructions
+Parsing it twice cost a connect 16 % of the server's instructions
 (``bench/README.md``, "Where the connect time goes"). wsproto's
 ``initiate_upgrade_connection(headers, path)``, the public way in, writes the
 request out with a second h11 connection and parses it again, so it saves
