@@ -4,6 +4,7 @@
     python bench/connection_cost.py memory  [--clients 1000] [--servers ...]
     python bench/connection_cost.py profile [--clients 1000] [--servers ...]
     python bench/connection_cost.py storm   [--clients 5000] [--servers ...]
+    python bench/connection_cost.py instructions [--clients 300] [--servers ...]
 
 ``memory``: each server (trio-broadcast, and the floor: trio-websocket alone,
 ``peers/trio_websocket_alone.py``) runs in a subprocess; this script opens
@@ -28,6 +29,14 @@ broadcast) its first broadcast line; the harness writes a line every 10 ms to
 the new server's standard input. A client reconnects to :func:`reconnect_target`
 (``/`` today; a resuming variant will ask for ``/?since=<last id>``).
 
+``instructions``: the server runs under valgrind's callgrind, counting nothing
+until the warm-up is over; it counts the instructions the server executes
+over a burst of ``--clients`` connects (64 in flight), divided by the number
+of connects. Unlike a rate or a CPU time, the count does not move with other
+load on the machine (two runs agree within 0.5 %), so a change of a few
+per cent shows. It weighs every instruction alike (not cache misses); the
+burst is slow under valgrind (about 10 s per 300 connects). Needs ``valgrind``.
+
 Every phase is bounded in time; the server runs on core 0 and this script on
 core 1 when ``taskset`` and two cores are there. ``RLIMIT_NOFILE`` is raised to
 its hard limit here and in the servers. Loopback only. Run it while nothing else
@@ -44,6 +53,7 @@ import importlib
 import json
 import os
 import pstats
+import re
 import shutil
 import signal
 import subprocess
@@ -189,9 +199,18 @@ def serve(kind: str, port: int, marks: Path, *, trace: bool, profile: bool) -> i
 class Server:
     """The ``_serve`` wrapper in a subprocess (pinned to the server core), stopped for sure."""
 
-    def __init__(self, kind: str, port: int, marks: Path, *, trace: bool, profile: bool) -> None:
+    def __init__(
+        self,
+        kind: str,
+        port: int,
+        marks: Path,
+        *,
+        trace: bool,
+        profile: bool,
+        wrapper: tuple[str, ...] = (),
+    ) -> None:
         self.kind, self.port, self.marks = kind, port, marks
-        argv = [sys.executable, __file__, "_serve", kind, str(port), str(marks)]
+        argv = [*wrapper, sys.executable, __file__, "_serve", kind, str(port), str(marks)]
         argv += [*(["--trace"] if trace else []), *(["--profile"] if profile else [])]
         self.log = (marks / f"{kind}.log").open("wb")
         self.proc = subprocess.Popen(
@@ -559,6 +578,70 @@ async def profile(kind: str, clients: int, work: Path, top: int) -> Result:
         "by_tottime": per_conn(rows, 3),
         "by_cumtime": per_conn(rows, 4),
     }
+
+
+# ---------------------------------------------------------------- instructions
+
+
+async def instructions(kind: str, clients: int, work: Path) -> Result:
+    """Instructions the server executes per connect (callgrind), over a burst of ``clients``."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise CostError("instructions needs valgrind (callgrind and callgrind_control)")
+    marks = work / f"{kind}-instructions"
+    marks.mkdir()
+    counts = marks / "callgrind.out"
+    callgrind = ("valgrind", "--tool=callgrind", "--instr-atstart=no")
+    port = free_port()
+    running = Server(
+        kind,
+        port,
+        marks,
+        trace=False,
+        profile=False,
+        wrapper=(*callgrind, f"--callgrind-out-file={counts}"),
+    )
+    try:
+        await running.listening(within=120)
+        async with idle_clients(port, CONNECT_CONCURRENCY, within=120):
+            pass  # warm-up, not counted
+        await trio.sleep(1)
+        switch = ["callgrind_control", "--instr=on", str(running.proc.pid)]
+        await trio.run_process(switch, capture_stdout=True, capture_stderr=True)
+        async with idle_clients(port, clients, within=60 + clients / 10) as held:
+            switch[1] = "--instr=off"
+            await trio.run_process(switch, capture_stdout=True, capture_stderr=True)
+    finally:
+        running.stop(timeout=120)  # callgrind writes the counts as the server exits
+    totals = re.search(r"^totals:\s*(\d+)", counts.read_text(errors="replace"), re.MULTILINE)
+    if totals is None or not held.connected:
+        raise CostError(f"{kind}: no instruction counts (see {running.log.name})")
+    return {
+        "server": kind,
+        "clients": held.connected,
+        "failed": dict(held.failed),
+        "instructions_per_connection": int(totals.group(1)) / held.connected,
+    }
+
+
+def render_instructions(results: list[Result]) -> str:
+    last = results[-1]["instructions_per_connection"]
+    return _table(
+        [
+            "connect path, instructions executed by the server (callgrind)",
+            *(r["server"] for r in results),
+        ],
+        [
+            ["connects counted", *(f"{r['clients']:,}" for r in results)],
+            [
+                "instructions per connect",
+                *(f"{r['instructions_per_connection'] / 1e3:,.0f} k" for r in results),
+            ],
+            [
+                f"÷ {results[-1]['server']}'s",
+                *(f"{r['instructions_per_connection'] / last:.2f}\u00d7" for r in results),
+            ],
+        ],
+    )
 
 
 # ---------------------------------------------------------------- storm
@@ -984,7 +1067,12 @@ def main(argv: list[str] | None = None) -> int:
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     with tempfile.TemporaryDirectory(prefix="connection-cost-") as work:
         results = trio.run(_measure, args, servers, Path(work))
-    render = {"memory": render_memory, "profile": render_profile, "storm": render_storm}[args.mode]
+    render = {
+        "memory": render_memory,
+        "profile": render_profile,
+        "storm": render_storm,
+        "instructions": render_instructions,
+    }[args.mode]
     print(render(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
@@ -999,6 +1087,8 @@ async def _measure(args: argparse.Namespace, servers: list[str], work: Path) -> 
             results.append(await memory(kind, args.clients, work))
         elif args.mode == "profile":
             results.append(await profile(kind, args.clients, work, args.top))
+        elif args.mode == "instructions":
+            results.append(await instructions(kind, args.clients, work))
         else:
             results.append(
                 await storm(kind, args.clients, work, trio.current_time() + args.timeout)
@@ -1010,7 +1100,12 @@ async def _measure(args: argparse.Namespace, servers: list[str], work: Path) -> 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     modes = parser.add_subparsers(dest="mode", required=True)
-    for mode, clients in (("memory", 1000), ("profile", 1000), ("storm", 5000)):
+    for mode, clients in (
+        ("memory", 1000),
+        ("profile", 1000),
+        ("storm", 5000),
+        ("instructions", 300),
+    ):
         sub = modes.add_parser(mode)
         sub.add_argument("--clients", type=int, default=clients, help=f"(default: {clients:,})")
         sub.add_argument("--servers", default=",".join(SERVERS), help="(default: both)")

@@ -187,16 +187,6 @@ async def test_nothing_after_a_close_frame() -> None:
             assert [f.opcode for f in peer.frames] == [CLOSE]
 
 
-async def test_replays_what_was_read_before_the_hand_over() -> None:
-    with trio.fail_after(5):
-        async with socket_pair() as (ours, theirs):
-            stream = FrameStream(ours, b"already read", send_timeout=5)
-            assert await stream.receive_some(7) == b"already"
-            assert await stream.receive_some() == b" read"
-            await theirs.send_all(b"then the socket")
-            assert await stream.receive_some(100) == b"then the socket"
-
-
 async def test_tls_keeps_the_order_and_lets_control_in_between_writes() -> None:
     """Over TLS there is no non-blocking write: offer() declines, write() uses send_all
     of about TLS_WRITE_SIZE bytes of whole frames at a time, and a ping handed over

@@ -42,7 +42,7 @@ UPGRADE = (
 def request(
     target: str = "/", method: str = "GET", headers: tuple[tuple[str, str], ...] = ()
 ) -> RequestHead:
-    return RequestHead(method=method, target=target, headers=headers, raw=b"")
+    return RequestHead(method=method, target=target, headers=headers)
 
 
 def site(**settings: object) -> Site:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -190,6 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stdin: LineSource | None = None
     if command.stdin:
         stdin = partial(read_lines, max_line_size=config.max_line_size, counters=counters)
+    # What start-up made (modules, classes, the settings) lives as long as the
+    # process: out of the cyclic collector's sight, full collections no longer
+    # walk it, 3 % of a connect's instructions with 2,000 clients (issue 14).
+    gc.collect()
+    gc.freeze()
     failure: str | None = None
     try:
         trio.run(_run, config, redis, stdin, counters)

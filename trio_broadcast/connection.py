@@ -26,12 +26,7 @@ import logging
 import resource
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    wrap_server_stream,
-)
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from . import subprotocol
 from .access import (
@@ -51,6 +46,7 @@ from .frame_stream import FrameStream
 from .handshake import BadRequest, RequestHead, http_response, read_request_head, send_last
 from .keepalive import KeepAlive
 from .protocol_errors import break_cycles, fix_close_handling
+from .request_handoff import accept_parsed
 from .shutdown import Shutdown
 from .web import Site
 
@@ -92,7 +88,9 @@ class Connections:
 
     async def serve(self, stream: trio.abc.Stream) -> None:
         """Handle one accepted connection until it is closed. Never raises."""
-        peer = peer_name(stream)
+        # For log lines at INFO and DEBUG, which are all that use it but one: a
+        # system call per connection saved when they are not written.
+        peer = peer_name(stream) if log.isEnabledFor(logging.INFO) else ""
         self.open += 1
         frames: FrameStream | None = None
         ws: WebSocketConnection | None = None
@@ -126,7 +124,7 @@ class Connections:
         except* _DISCONNECTS as group:
             log.debug("connection from %s lost: %s", peer, quote(repr(group.exceptions[0])))
         except* Exception:
-            log.exception("unexpected error on the connection from %s", peer)
+            log.exception("unexpected error on the connection from %s", peer or peer_name(stream))
         finally:
             self.open -= 1
             if ws is not None:  # the reader is gone: nothing parses any more
@@ -183,9 +181,9 @@ class Connections:
                 return None
             slot.take()
             try:
-                frames = FrameStream(stream, head.replay(), send_timeout=config.send_timeout)
-                request = await wrap_server_stream(
-                    plumbing, frames, max_message_size=config.max_message_size
+                frames = FrameStream(stream, send_timeout=config.send_timeout)
+                request = await accept_parsed(
+                    plumbing, frames, head, max_message_size=config.max_message_size
                 )
                 # Before the 101, so that no frame of the client's is parsed without it.
                 fix_close_handling(request, max_message_size=config.max_message_size)
@@ -228,7 +226,9 @@ class Connections:
         )
 
     def _connected(self, peer: str, wants: Wants) -> float:
-        """Log a client's arrival; return the time it came."""
+        """Log a client's arrival; return the time it came (for :meth:`_ended`'s line)."""
+        if not log.isEnabledFor(logging.INFO):
+            return 0.0
         log.info(
             "client %s connected (%d clients)%s",
             peer,
@@ -242,6 +242,8 @@ class Connections:
 
     def _ended(self, peer: str, report: Report, started: float) -> None:
         """Log how a client's connection ended."""
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info(
             "client %s %s after %.1f s, %d messages sent%s",
             peer,

@@ -45,8 +45,9 @@ from cancellation (a cancelled TLS write breaks the TLS stream) and bounded by
 the same deadline, which :meth:`finish_by` can shorten when the connection is
 being closed.
 
-The receiving side first hands back the bytes already read by the HTTP parser
-(:mod:`trio_broadcast.handshake`), then reads the transport.
+The receiving side reads the transport: the request head was read before the
+hand-over, and trio-websocket gets it parsed
+(:mod:`trio_broadcast.request_handoff`), not as bytes to read again.
 """
 
 from __future__ import annotations
@@ -99,11 +100,7 @@ class WriteTimeout(trio.BrokenResourceError):
 
 
 class FrameStream(trio.abc.Stream):
-    """A connection's transport, as trio-websocket sees it, and its only writer.
-
-    ``already_read`` is what the HTTP parser read from ``transport`` before
-    the connection was handed over; ``receive_some`` returns it first.
-    """
+    """A connection's transport, as trio-websocket sees it, and its only writer."""
 
     __slots__ = (
         "_closed",
@@ -111,7 +108,6 @@ class FrameStream(trio.abc.Stream):
         "_finish_by",
         "_order",
         "_progress",
-        "_replay",
         "_send_timeout",
         "_tls_write",
         "_writing",
@@ -120,11 +116,8 @@ class FrameStream(trio.abc.Stream):
         "transport",
     )
 
-    def __init__(
-        self, transport: trio.abc.Stream, already_read: bytes = b"", *, send_timeout: float
-    ) -> None:
+    def __init__(self, transport: trio.abc.Stream, *, send_timeout: float) -> None:
         self.transport = transport
-        self._replay = already_read
         # The socket's number, on a plain TCP socket (-1 over TLS). Kept, not asked
         # for each time: the transport is closed only through this object
         # (close, abort), which first marks it closed, so the number is never
@@ -151,22 +144,13 @@ class FrameStream(trio.abc.Stream):
         return self._order.pending
 
     def receive_some(self, max_bytes: int | None = None) -> Coroutine[Any, Any, bytes | bytearray]:
-        """Receive the bytes read before the handshake, then from the transport.
+        """The transport's own ``receive_some()``: receiving is not the writer's business.
 
-        Not a coroutine function itself: once those bytes are handed out, it
-        returns the transport's own ``receive_some()``, so trio-websocket's
-        reader, which waits here for as long as the client is connected, holds
-        one coroutine frame fewer (about 0.2 KB a connection, issue 14).
+        Not a coroutine function itself: trio-websocket's reader waits here
+        for as long as the client is connected, and a frame of ours around the
+        transport's would cost every idle connection about 0.2 KB (issue 14).
         """
-        if not self._replay:
-            return self.transport.receive_some(max_bytes)
-        return self._receive_replay(max_bytes)
-
-    async def _receive_replay(self, max_bytes: int | None) -> bytes:
-        await trio.lowlevel.checkpoint()
-        size = len(self._replay) if max_bytes is None else max_bytes
-        data, self._replay = self._replay[:size], self._replay[size:]
-        return data
+        return self.transport.receive_some(max_bytes)
 
     def offer(self, frames: Sequence[bytes]) -> bool | None:
         """The fast path: if the stream is idle, write ``frames`` now, with one ``write``.
@@ -237,6 +221,12 @@ class FrameStream(trio.abc.Stream):
         """
         self._raise_if_unusable(data=True)
         last = self._order.add_control(bytes(data))
+        if not self._writing and self._fd >= 0:
+            # No one is writing: one writev now, as the write loop would, but
+            # without its timer; done once the socket takes it all (the 101, a pong).
+            self._write_nowait()
+            if self._order.control_out >= last:
+                return
         await self._write_until(lambda: self._order.control_out >= last, data=False)
 
     async def wait_send_all_might_not_block(self) -> None:

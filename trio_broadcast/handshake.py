@@ -9,10 +9,9 @@ so that:
 * a refusal (bad token or origin, too many clients) is a plain HTTP answer;
 * plain HTTP endpoints (:mod:`trio_broadcast.web`) share the port.
 
-An upgrade request is then handed to trio-websocket on a
-:class:`~trio_broadcast.frame_stream.FrameStream`, which returns the bytes
-already read before reading the socket again, so nothing is lost between the
-two parsers.
+An upgrade request is then handed to trio-websocket already parsed, with the
+h11 parser that read it (:mod:`trio_broadcast.request_handoff`): the head is
+read once.
 """
 
 from __future__ import annotations
@@ -50,18 +49,18 @@ class BadRequest(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RequestHead:
-    """An HTTP request line and headers, and every byte read to get them."""
+    """An HTTP request line and headers, and the h11 parser that read them."""
 
     method: str
     target: str
     headers: tuple[tuple[str, str], ...]
     """Header names lower-cased, values decoded as Latin-1, in arrival order."""
-    raw: bytes
-    """Everything received so far, including any bytes after the head."""
-    head_size: int = 0
-    """How many bytes at the start of :attr:`raw` are the head."""
     http_version: str = "1.1"
     """``1.1`` or ``1.0`` (h11 reads no other)."""
+    parsed: h11.Request | None = None
+    """The request as h11 read it, for trio-websocket (``None``: not read from a connection)."""
+    parser: h11.Connection | None = None
+    """The h11 connection that read it, which holds any bytes received after the head."""
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (lower-case), repeated values joined by ``, ``."""
@@ -82,6 +81,8 @@ class RequestHead:
 
     def query(self, name: str) -> str | None:
         """The first value of query parameter ``name``, if the target has one."""
+        if "?" not in self.target:  # most handshakes: no query to parse
+            return None
         values = parse_qs(urlsplit(self.target).query, keep_blank_values=True).get(name)
         return values[0] if values else None
 
@@ -107,32 +108,13 @@ class RequestHead:
                 return value
         return None
 
-    def replay(self) -> bytes:
-        """The bytes to hand on to trio-websocket: :attr:`raw`, with one Connection line.
-
-        wsproto reads only the last Connection line, where :meth:`websocket_problem`
-        reads them all as one list, as HTTP does: ``Connection: Upgrade`` then
-        ``Connection: close`` would pass here and fail there. A head with more
-        than one is therefore written anew, their values joined on one line;
-        any other is handed on exactly as it came.
-        """
-        connections = [value for key, value in self.headers if key == "connection"]
-        if len(connections) < 2:
-            return self.raw
-        lines = [
-            f"{self.method} {self.target} HTTP/{self.http_version}",
-            f"connection: {', '.join(connections)}",
-            *(f"{key}: {value}" for key, value in self.headers if key != "connection"),
-        ]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        return head + self.raw[self.head_size :]
-
     def websocket_problem(self) -> str | None:
         """Why this upgrade request would be refused, or ``None``.
 
         RFC 6455's rules (4.2.1), read at least as strictly as wsproto reads
-        them in trio-websocket (which gets the request next, from
-        :meth:`replay`): repeated Connection lines are one list (RFC 9110 5.3);
+        them in trio-websocket (which gets the request next, through
+        :func:`~trio_broadcast.request_handoff.accept_parsed`, with its
+        Connection lines joined): repeated Connection lines are one list (RFC 9110 5.3);
         of a repeated Upgrade or Sec-WebSocket-Version header the last one counts;
         the Sec-WebSocket-Key must be the base64 of 16 bytes (which two keys
         joined are not: wsproto would answer with an accept value computed from
@@ -188,8 +170,15 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> Re
     than ``max_size`` bytes (status 431). The caller bounds the time.
     """
     parser = h11.Connection(h11.SERVER, max_incomplete_event_size=max_size)
-    received = bytearray()
+    received = 0
     while True:
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            if received:
+                raise BadRequest(400, "the connection closed inside the request head")
+            return None
+        received += len(data)
+        parser.receive_data(bytes(data))
         try:
             event = parser.next_event()
         except h11.RemoteProtocolError as exc:
@@ -198,7 +187,7 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> Re
         if isinstance(event, h11.Request):
             # h11 bounds only a head that is still incomplete; one that arrived
             # whole in a single read is measured here.
-            head_size = len(received) - len(parser.trailing_data[0])
+            head_size = received - len(parser.trailing_data[0])
             if head_size > max_size:
                 raise BadRequest(431, f"request head of {head_size} bytes is over {max_size}")
             return RequestHead(
@@ -206,21 +195,14 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_size: int) -> Re
                 target=event.target.decode("ascii", errors="replace"),
                 headers=tuple(
                     (name.decode("ascii").lower(), value.decode("latin-1"))
-                    for name, value in event.headers
+                    for name, value in event.headers.raw_items()  # a list: quicker to walk
                 ),
-                raw=bytes(received),
-                head_size=head_size,
                 http_version=event.http_version.decode("ascii"),
+                parsed=event,
+                parser=parser,
             )
         if event is not h11.NEED_DATA:  # pragma: no cover - h11 yields nothing else first
             raise BadRequest(400, f"unexpected {event!r}")
-        data = await stream.receive_some(RECEIVE_SIZE)
-        if not data:
-            if received:
-                raise BadRequest(400, "the connection closed inside the request head")
-            return None
-        received += data
-        parser.receive_data(bytes(data))
 
 
 def http_response(status: int, body: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:

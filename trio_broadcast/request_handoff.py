@@ -1,0 +1,131 @@
+"""Hand trio-websocket the request head the server has parsed, not its bytes to parse again.
+
+The server reads every request head itself with h11
+(:func:`~trio_broadcast.handshake.read_request_head`: routing, refusals, the
+careful checks). trio-websocket (0.12) has no way to take such a request:
+:func:`trio_websocket.wrap_server_stream` builds a fresh wsproto
+``WSConnection``, whose own h11 parser reads the head again from the stream.
+Parsing it twice cost a connect 16 % of the server's instructions
+(``bench/README.md``, "Where the connect time goes"). wsproto's
+``initiate_upgrade_connection(headers, path)``, the public way in, writes the
+request out with a second h11 connection and parses it again, so it saves
+nothing. This module does what ``wrap_server_stream`` does, with the parse
+already done (:func:`accept_parsed`):
+
+* the ``WSConnection``'s handshake gets the server's h11 parser, which has
+  read the request (and holds whatever came after it, as wsproto's own parser
+  would have: a client sends nothing before the 101), and the request event
+  wsproto would have made of it, queued for trio-websocket's reader;
+* the ``WebSocketConnection`` is made as ``wrap_server_stream`` makes it, its
+  reader task started in the caller's nursery, and the ``WebSocketRequest``
+  awaited as there.
+
+The 101 is then written by wsproto through that h11 parser, as before.
+
+Private names it relies on, each checked by :func:`check_compatible` (in the
+test suite, on a real connection), so that a trio-websocket or wsproto
+release that changes them fails loudly:
+
+* wsproto's ``H11Handshake._h11_connection``, ``_events`` and
+  ``_process_connection_request`` (the handshake's parser, its event queue,
+  and what turns an h11 request into wsproto's ``Request`` event);
+* trio-websocket's ``WebSocketConnection._reader_task`` and ``_get_request``
+  (what ``wrap_server_stream`` calls).
+
+Upstream: an already parsed upgrade is python-trio/trio-websocket#1
+(https://github.com/python-trio/trio-websocket/issues/1, open since 2018),
+which waits on wsproto (https://github.com/python-hyper/wsproto/pull/37). The
+upper pin in ``pyproject.toml`` (``trio-websocket<0.13``) stays as long as
+this module is used.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import h11
+import trio
+from trio_websocket import WebSocketConnection, WebSocketRequest
+from wsproto import ConnectionType, WSConnection
+from wsproto.handshake import H11Handshake
+
+from .handshake import RequestHead
+
+
+class IncompatibleHandoff(RuntimeError):
+    """wsproto's or trio-websocket's internals are not what this module was written against."""
+
+
+async def accept_parsed(
+    nursery: trio.Nursery, stream: trio.abc.Stream, head: RequestHead, *, max_message_size: int
+) -> WebSocketRequest:
+    """``wrap_server_stream(nursery, stream, max_message_size=...)``, with the head already read.
+
+    ``head`` was read from ``stream`` by
+    :func:`~trio_broadcast.handshake.read_request_head`, and nothing was read
+    from ``stream`` after it. It must have passed
+    :meth:`~trio_broadcast.handshake.RequestHead.websocket_problem`, which is
+    at least as strict as wsproto: wsproto refusing it here is a bug, and
+    raises (``RemoteProtocolError``).
+    """
+    if head.parser is None or head.parsed is None:
+        raise ValueError("the request head was not read from a connection")
+    protocol = WSConnection(ConnectionType.SERVER)
+    handshake = protocol.handshake
+    handshake._h11_connection = head.parser
+    handshake._events.append(handshake._process_connection_request(_one_connection_line(head)))
+    connection = WebSocketConnection(stream, protocol, max_message_size=max_message_size)
+    nursery.start_soon(connection._reader_task)
+    return await connection._get_request()
+
+
+def _one_connection_line(head: RequestHead) -> h11.Request:
+    """The request h11 read, with its Connection lines joined into one, if it has several.
+
+    wsproto reads only the last Connection line, where the server's checks read
+    them all as one list, as HTTP does (RFC 9110 5.3): ``Connection: Upgrade``
+    then ``Connection: close`` would pass there and fail here. Any other
+    request is handed on as it came.
+    """
+    request = head.parsed
+    assert request is not None
+    if sum(name == "connection" for name, _ in head.headers) < 2:
+        return request
+    lines = [(name.lower(), value) for name, value in request.headers.raw_items()]
+    connections = [value for name, value in lines if name == b"connection"]
+    return h11.Request(
+        method=request.method,
+        target=request.target,
+        headers=[
+            (b"connection", b", ".join(connections)),
+            *((name, value) for name, value in lines if name != b"connection"),
+        ],
+        http_version=request.http_version,
+    )
+
+
+def check_compatible() -> None:
+    """Raise :class:`IncompatibleHandoff` unless wsproto and trio-websocket have what is used."""
+    handshake = H11Handshake(ConnectionType.SERVER)
+    missing = [
+        name
+        for owner, name in (
+            (handshake, "_h11_connection"),
+            (handshake, "_events"),
+            (handshake, "_process_connection_request"),
+            (WebSocketConnection, "_reader_task"),
+            (WebSocketConnection, "_get_request"),
+        )
+        if not hasattr(owner, name)
+    ]
+    if missing:
+        raise IncompatibleHandoff(
+            f"wsproto or trio-websocket internals changed (no {', '.join(missing)}); "
+            "trio_broadcast.request_handoff needs updating for this release"
+        )
+    if not isinstance(handshake._h11_connection, h11.Connection):
+        raise IncompatibleHandoff("wsproto's handshake no longer parses with an h11.Connection")
+    if not isinstance(handshake._events, deque):
+        raise IncompatibleHandoff("wsproto's handshake no longer queues its events in a deque")
+    if not isinstance(WSConnection(ConnectionType.SERVER).handshake, H11Handshake):
+        raise IncompatibleHandoff("wsproto's WSConnection no longer uses an H11Handshake")
