@@ -7,6 +7,7 @@ End to end, against the installed command (helpers in :mod:`tests.e2e`).
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import pytest
 import trio
 
 import trio_broadcast
+from trio_broadcast.cli import main
 
 from .conftest import COMMAND, running_command
 from .e2e import (
@@ -114,6 +116,21 @@ async def test_port_in_use_is_one_clear_line() -> None:
     assert stderr.splitlines() == [one_error_line(stderr)]
     assert f"127.0.0.1:{port}" in stderr
     assert "address already in use" in stderr
+
+
+def test_main_leaves_the_collector_as_it_found_it() -> None:
+    """``main()`` freezes start-up's objects for the server's life, and only for it.
+
+    In-process, as a caller of ``main()`` runs it: a start-up failure returns 1,
+    and the caller's own objects must still be collectable afterwards.
+    """
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        assert gc.get_freeze_count() == 0
+        assert main(["--host", "127.0.0.1", "--port", str(port), "--no-stdin"]) == 1
+    assert gc.get_freeze_count() == 0
 
 
 async def test_privileged_port_is_one_clear_line() -> None:
