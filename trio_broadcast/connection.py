@@ -46,7 +46,7 @@ from .frame_stream import FrameStream
 from .handshake import BadRequest, RequestHead, http_response, read_request_head, send_last
 from .keepalive import KeepAlive
 from .protocol_errors import break_cycles, fix_close_handling
-from .request_handoff import accept_parsed
+from .request_handoff import accept_parsed, forget_parser
 from .shutdown import Shutdown
 from .web import Site
 
@@ -189,9 +189,15 @@ class Connections:
                 fix_close_handling(request, max_message_size=config.max_message_size)
                 chosen = subprotocol.chosen(request.proposed_subprotocols)
                 ws = await request.accept(subprotocol=chosen)
+            except BadRequest as exc:  # wsproto refused what the checks passed: nothing sent yet
+                slot.release()
+                log.debug("bad request from %s: %s", peer, quote(redact(str(exc))))
+                await send_last(stream, http_response(exc.status, f"{exc}\n"))
+                return None
             except BaseException:
                 slot.release()
                 raise
+            forget_parser(ws)
             self._counters.connections[ACCEPTED] += 1
             wants = Wants(v1=chosen is not None, since=head.query(subprotocol.SINCE))
             return ws, frames, wants
@@ -228,7 +234,7 @@ class Connections:
     def _connected(self, peer: str, wants: Wants) -> float:
         """Log a client's arrival; return the time it came (for :meth:`_ended`'s line)."""
         if not log.isEnabledFor(logging.INFO):
-            return 0.0
+            return trio.current_time()  # INFO may be turned on before it ends
         log.info(
             "client %s connected (%d clients)%s",
             peer,

@@ -20,11 +20,14 @@ already done (:func:`accept_parsed`):
   reader task started in the caller's nursery, and the ``WebSocketRequest``
   awaited as there.
 
-The 101 is then written by wsproto through that h11 parser, as before.
+The 101 is then written by wsproto through that h11 parser, as before; after
+it, :func:`forget_parser` lets go of the parser, which wsproto would keep for
+the connection's whole life.
 
-Private names it relies on, each checked by :func:`check_compatible` (in the
-test suite, on a real connection), so that a trio-websocket or wsproto
-release that changes them fails loudly:
+Private names it relies on, each checked by :func:`check_compatible` (at
+every start of :func:`~trio_broadcast.serve`, which refuses to start without
+them, and in the test suite, on a real connection), so that a trio-websocket
+or wsproto release that changes them fails loudly:
 
 * wsproto's ``H11Handshake._h11_connection``, ``_events`` and
   ``_process_connection_request`` (the handshake's parser, its event queue,
@@ -48,8 +51,10 @@ import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest
 from wsproto import ConnectionType, WSConnection
 from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
 
-from .handshake import RequestHead
+from .client_text import SHOWN, shown
+from .handshake import BadRequest, RequestHead
 
 
 class IncompatibleHandoff(RuntimeError):
@@ -65,18 +70,44 @@ async def accept_parsed(
     :func:`~trio_broadcast.handshake.read_request_head`, and nothing was read
     from ``stream`` after it. It must have passed
     :meth:`~trio_broadcast.handshake.RequestHead.websocket_problem`, which is
-    at least as strict as wsproto: wsproto refusing it here is a bug, and
-    raises (``RemoteProtocolError``).
+    at least as strict as wsproto. Should wsproto refuse it all the same (a gap
+    in those checks), this raises :class:`~trio_broadcast.handshake.BadRequest`
+    (400) before anything is written or started, so the client gets an answer
+    rather than a dropped connection.
     """
-    if head.parser is None or head.parsed is None:
+    parser, request = head.parser, head.parsed
+    if parser is None or request is None:
         raise ValueError("the request head was not read from a connection")
     protocol = WSConnection(ConnectionType.SERVER)
     handshake = protocol.handshake
-    handshake._h11_connection = head.parser
-    handshake._events.append(handshake._process_connection_request(_one_connection_line(head)))
+    try:
+        # On to where wsproto's own receive_data() leaves its parser (the end
+        # of the request, PAUSED by the upgrade): h11 then sees the 101 in the
+        # states it would see it in after wsproto's parse.
+        while (event := parser.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+            if isinstance(event, h11.ConnectionClosed):
+                break
+        event_for_wsproto = handshake._process_connection_request(_one_connection_line(head))
+    except (h11.RemoteProtocolError, RemoteProtocolError, UnicodeError) as exc:
+        raise BadRequest(400, f"refused by wsproto: {shown(str(exc), 2 * SHOWN)}") from None
+    handshake._h11_connection = parser
+    handshake._events.append(event_for_wsproto)
     connection = WebSocketConnection(stream, protocol, max_message_size=max_message_size)
     nursery.start_soon(connection._reader_task)
     return await connection._get_request()
+
+
+def forget_parser(ws: WebSocketConnection) -> None:
+    """Let go of the h11 parser that read the request, once the 101 is out.
+
+    wsproto keeps its handshake, and the handshake its h11 parser, for the
+    whole life of the connection, though nothing reads or writes HTTP after
+    the 101: about 1 KB a connection (issue 14). Call it once
+    ``request.accept()`` has returned.
+    """
+    handshake = ws._wsproto.handshake
+    if ws._wsproto.connection is not None:  # the 101 is out: the handshake is over
+        handshake._h11_connection = None  # type: ignore[assignment]
 
 
 def _one_connection_line(head: RequestHead) -> h11.Request:

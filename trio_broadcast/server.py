@@ -29,11 +29,12 @@ from types import MappingProxyType
 
 import trio
 
-from . import metrics
+from . import metrics, request_handoff
 from .broadcast import Broadcast
 from .config import Config
 from .connection import Connections
 from .counters import Counters, Statistics
+from .errors import StartupError
 from .keepalive import KeepAlive
 from .listeners import DescriptorReserve, accept_forever, open_listeners, url
 from .retention import History
@@ -224,18 +225,23 @@ async def serve(
 ) -> None:
     """Serve WebSocket clients until stopped; supports ``nursery.start``.
 
-    ``source`` feeds the broadcast (``None``: publish with
-    :meth:`Server.publish` yourself). ``await nursery.start(serve, config)``
-    returns the :class:`Server` once it is listening. :func:`serve` returns after
-    :meth:`Server.shutdown`, or at the end of ``source`` when
-    ``config.exit_on_eof`` is set. Raises :class:`~trio_broadcast.errors.StartupError`
-    when it cannot listen or load its certificate. ``counters`` lets a line source
-    count into the same numbers that ``/metrics`` reports (``read_lines`` counts
-    long lines). ``history`` is where resuming clients' lines are read from when
-    ``source`` keeps them and names each line (a Redis stream:
-    :class:`~trio_broadcast.redis_stream.StreamHistory`); by default the server
-    retains them itself (``config.retain``, ``config.retain_bytes``).
+    ``source`` feeds the broadcast (``None``: publish with :meth:`Server.publish`
+    yourself). ``await nursery.start(serve, config)`` returns the :class:`Server` once
+    it is listening. :func:`serve` returns after :meth:`Server.shutdown`, or at the end
+    of ``source`` when ``config.exit_on_eof`` is set. Raises
+    :class:`~trio_broadcast.errors.StartupError` when it cannot listen or load its
+    certificate, or when the installed wsproto or trio-websocket lacks what
+    :mod:`~trio_broadcast.request_handoff` uses. ``counters`` lets a line source count
+    into the same numbers that ``/metrics`` reports (``read_lines`` counts long lines).
+    ``history`` is where resuming clients' lines are read from when ``source`` keeps
+    them and names each line (a Redis stream:
+    :class:`~trio_broadcast.redis_stream.StreamHistory`); by default the server retains
+    them itself (``config.retain``, ``config.retain_bytes``).
     """
+    try:
+        request_handoff.check_compatible()  # every handshake depends on it
+    except request_handoff.IncompatibleHandoff as exc:
+        raise StartupError(str(exc)) from None
     listeners = await open_listeners(config)
     server = Server(config, tuple(url(listener) for listener in listeners), counters, history)
     async with trio.open_nursery() as nursery:
