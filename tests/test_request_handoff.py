@@ -8,6 +8,9 @@ the internals the hand-over uses.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 from trio_websocket import WebSocketConnection
@@ -26,37 +29,44 @@ from .wire import TEXT, accept_key, masked_frame, upgrade_request
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 
 
+@asynccontextmanager
+async def tcp_connection() -> AsyncIterator[tuple[trio.SocketStream, trio.SocketStream]]:
+    """A real connection on the loopback: the client's end, then the server's."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    async with listener, await trio.open_tcp_stream("127.0.0.1", port) as client:
+        server = await listener.accept()
+        async with server:
+            yield client, server
+
+
 async def test_a_parsed_request_is_accepted_on_this_release() -> None:
     """Fails loudly if an upgrade of wsproto or trio-websocket changes the internals used."""
     check_compatible()
     with trio.fail_after(5):
-        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-        port = listener.socket.getsockname()[1]
-        async with listener, await trio.open_tcp_stream("127.0.0.1", port) as client:
-            server = await listener.accept()
-            async with server, trio.open_nursery() as nursery:
-                await client.send_all(
-                    upgrade_request("/feed", "Sec-WebSocket-Protocol: a, b", key=KEY)
-                )
-                head = await read_request_head(server, 16384)
-                assert head is not None
-                request = await accept_parsed(nursery, server, head, max_message_size=1024)
-                assert request.path == "/feed"
-                assert request.proposed_subprotocols == ("a", "b")
-                ws = await request.accept(subprotocol="b")
-                forget_parser(ws)
-                assert vars(ws._wsproto.handshake)["_h11_connection"] is None
-                response = b""
-                while b"\r\n\r\n" not in response:
-                    response += await client.receive_some()
-                assert response.startswith(b"HTTP/1.1 101 ")
-                assert b"Sec-WebSocket-Accept: " + accept_key(KEY) + b"\r\n" in response
-                assert b"Sec-WebSocket-Protocol: b\r\n" in response
-                await client.send_all(masked_frame(TEXT, b"hello"))
-                assert await ws.get_message() == "hello"  # the parser was not needed
-                await ws.send_message("bye")
-                assert (await client.receive_some()).endswith(b"bye")
-                nursery.cancel_scope.cancel()
+        async with tcp_connection() as (client, server), trio.open_nursery() as nursery:
+            await client.send_all(
+                upgrade_request("/feed", "Sec-WebSocket-Protocol: a, b", key=KEY)
+            )
+            head = await read_request_head(server, 16384)
+            assert head is not None
+            request = await accept_parsed(nursery, server, head, max_message_size=1024)
+            assert request.path == "/feed"
+            assert request.proposed_subprotocols == ("a", "b")
+            ws = await request.accept(subprotocol="b")
+            forget_parser(ws)
+            assert vars(ws._wsproto.handshake)["_h11_connection"] is None
+            response = b""
+            while b"\r\n\r\n" not in response:
+                response += await client.receive_some()
+            assert response.startswith(b"HTTP/1.1 101 ")
+            assert b"Sec-WebSocket-Accept: " + accept_key(KEY) + b"\r\n" in response
+            assert b"Sec-WebSocket-Protocol: b\r\n" in response
+            await client.send_all(masked_frame(TEXT, b"hello"))
+            assert await ws.get_message() == "hello"  # the parser was not needed
+            await ws.send_message("bye")
+            assert (await client.receive_some()).endswith(b"bye")
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_request_wsproto_refuses_is_a_bad_request_before_anything_starts() -> None:
@@ -67,23 +77,17 @@ async def test_a_request_wsproto_refuses_is_a_bad_request_before_anything_starts
     no Sec-WebSocket-Version.
     """
     with trio.fail_after(5):
-        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-        port = listener.socket.getsockname()[1]
-        async with listener, await trio.open_tcp_stream("127.0.0.1", port) as client:
-            server = await listener.accept()
-            async with server, trio.open_nursery() as nursery:
-                await client.send_all(
-                    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
-                    b"Upgrade: websocket\r\nSec-WebSocket-Key: " + KEY + b"\r\n\r\n"
-                )
-                head = await read_request_head(server, 16384)
-                assert head is not None
-                assert head.websocket_problem() is not None
-                with pytest.raises(
-                    BadRequest, match=r"refused by wsproto: .*Sec-WebSocket-Version"
-                ):
-                    await accept_parsed(nursery, server, head, max_message_size=1024)
-                assert not nursery.child_tasks  # no reader was started
+        async with tcp_connection() as (client, server), trio.open_nursery() as nursery:
+            await client.send_all(
+                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                b"Upgrade: websocket\r\nSec-WebSocket-Key: " + KEY + b"\r\n\r\n"
+            )
+            head = await read_request_head(server, 16384)
+            assert head is not None
+            assert head.websocket_problem() is not None
+            with pytest.raises(BadRequest, match=r"refused by wsproto: .*Sec-WebSocket-Version"):
+                await accept_parsed(nursery, server, head, max_message_size=1024)
+            assert not nursery.child_tasks  # no reader was started
 
 
 async def test_the_server_does_not_start_on_a_release_it_cannot_hand_requests_to(
