@@ -8,6 +8,7 @@ End to end, against the installed command (helpers in :mod:`tests.e2e`).
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import shutil
 import socket
@@ -124,13 +125,20 @@ def test_main_leaves_the_collector_as_it_found_it() -> None:
     In-process, as a caller of ``main()`` runs it: a start-up failure returns 1,
     and the caller's own objects must still be collectable afterwards.
     """
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
-        port = blocker.getsockname()[1]
+    root, coredis = logging.getLogger(), logging.getLogger("coredis")
+    handlers, root_level, coredis_level = root.handlers[:], root.level, coredis.level
+    try:
+        with socket.socket() as blocker:
+            blocker.bind(("127.0.0.1", 0))
+            blocker.listen()
+            port = blocker.getsockname()[1]
+            assert gc.get_freeze_count() == 0
+            assert main(["--host", "127.0.0.1", "--port", str(port), "--no-stdin"]) == 1
         assert gc.get_freeze_count() == 0
-        assert main(["--host", "127.0.0.1", "--port", str(port), "--no-stdin"]) == 1
-    assert gc.get_freeze_count() == 0
+    finally:
+        root.handlers[:] = handlers  # main() set logging up for the process
+        root.setLevel(root_level)
+        coredis.setLevel(coredis_level)
 
 
 async def test_privileged_port_is_one_clear_line() -> None:

@@ -8,12 +8,16 @@ the internals the hand-over uses.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import h11
 import pytest
 import trio
+import trio.testing
 from trio_websocket import WebSocketConnection
+from wsproto.handshake import H11Handshake
 
 from trio_broadcast import Config, StartupError, serve
 from trio_broadcast.handshake import BadRequest, read_request_head
@@ -24,7 +28,8 @@ from trio_broadcast.request_handoff import (
     forget_parser,
 )
 
-from .wire import TEXT, accept_key, masked_frame, upgrade_request
+from .conftest import LineFeed, running_server
+from .wire import TEXT, RawClient, accept_key, masked_frame, upgrade_request
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -102,3 +107,29 @@ def test_a_changed_release_is_refused_loudly(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delattr(WebSocketConnection, "_get_request")
     with pytest.raises(IncompatibleHandoff, match="internals changed"):
         check_compatible()
+
+
+def test_a_release_that_breaks_the_hand_over_is_refused_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The names are there, but the rehearsal (what a connection does) fails."""
+
+    def changed(self: H11Handshake, event: h11.Request) -> None:
+        return None
+
+    monkeypatch.setattr(H11Handshake, "_process_connection_request", changed)
+    with pytest.raises(IncompatibleHandoff, match=r"wsproto \S+, trio-websocket \S+: a rehearsed"):
+        check_compatible()
+
+
+async def test_a_connected_client_keeps_no_h11_parser() -> None:
+    """Once the 101 is out, the parser that read the request is let go (forget_parser)."""
+    with trio.fail_after(5):
+        async with running_server(LineFeed()) as server:
+            client = await RawClient.handshake(server.port)
+            async with client.stream:
+                await trio.testing.wait_all_tasks_blocked()
+                gc.collect()
+                handshakes = [item for item in gc.get_objects() if isinstance(item, H11Handshake)]
+                assert handshakes, "no connection found"
+                assert all(vars(item)["_h11_connection"] is None for item in handshakes)

@@ -182,18 +182,19 @@ class Connections:
             slot.take()
             try:
                 frames = FrameStream(stream, send_timeout=config.send_timeout)
-                request = await accept_parsed(
-                    plumbing, frames, head, max_message_size=config.max_message_size
-                )
+                try:
+                    request = await accept_parsed(
+                        plumbing, frames, head, max_message_size=config.max_message_size
+                    )
+                except BadRequest as exc:  # raised before anything was started or written
+                    slot.release()
+                    log.debug("bad request from %s: %s", peer, quote(redact(str(exc))))
+                    await send_last(stream, http_response(exc.status, f"{exc}\n"))
+                    return None
                 # Before the 101, so that no frame of the client's is parsed without it.
                 fix_close_handling(request, max_message_size=config.max_message_size)
                 chosen = subprotocol.chosen(request.proposed_subprotocols)
                 ws = await request.accept(subprotocol=chosen)
-            except BadRequest as exc:  # wsproto refused what the checks passed: nothing sent yet
-                slot.release()
-                log.debug("bad request from %s: %s", peer, quote(redact(str(exc))))
-                await send_last(stream, http_response(exc.status, f"{exc}\n"))
-                return None
             except BaseException:
                 slot.release()
                 raise

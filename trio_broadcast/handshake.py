@@ -119,10 +119,13 @@ class RequestHead:
         the Sec-WebSocket-Key must be the base64 of 16 bytes (which two keys
         joined are not: wsproto would answer with an accept value computed from
         both); these headers and the subprotocols and extensions must be ASCII,
-        and the Host a valid IDNA name. A request that passed here and failed
-        there would not get a clear answer: wsproto raises on non-ASCII (a
-        traceback in trio-websocket's reader) and refuses the rest with a bare
-        400 while the handshake waits, holding a client slot, until it times out.
+        and the Host a valid IDNA name. Before the hand-over, a request that
+        passed here and failed there got no clear answer (a traceback in
+        trio-websocket's reader, or a bare 400 while the handshake held a client
+        slot until it timed out); it now gets a 400 and its slot back
+        (:func:`~trio_broadcast.request_handoff.accept_parsed`), but these checks
+        are what keeps it from getting there. A body is not looked at here: h11
+        reads it in the hand-over, and refuses a malformed one there.
         """
         if self.method != "GET":
             return f"a WebSocket handshake must use GET, not {shown(self.method)}"

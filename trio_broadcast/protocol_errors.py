@@ -282,10 +282,10 @@ def break_cycles(ws: WebSocketConnection) -> None:
     Call it once the connection has ended and trio-websocket's reader is gone.
     wsproto's frame parser (``FrameProtocol``) keeps its parsing generator in
     ``_parse_more``, and the generator refers back to the parser: a reference
-    cycle, so a connection's whole wsproto and h11 state (about 4 KB in 33
-    objects) outlives it until a full pass of the cyclic garbage collector. In
-    a reconnect storm that pass comes after thousands of new connections have
-    been allocated beside the dead ones, and the process keeps that peak.
+    cycle, so a connection's whole wsproto state (a few KB) outlives it until
+    a full pass of the cyclic garbage collector. In a reconnect storm that
+    pass comes after thousands of new connections have been allocated beside
+    the dead ones, and the process keeps that peak.
     Closing the generator breaks the cycle; nothing parses after the reader has
     gone. Not reported upstream yet (no python-hyper/wsproto issue found). A
     wsproto without ``_parse_more`` changes nothing here, and

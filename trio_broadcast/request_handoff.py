@@ -45,11 +45,13 @@ this module is used.
 from __future__ import annotations
 
 from collections import deque
+from importlib.metadata import version
 
 import h11
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest
 from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Ping, Request
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
@@ -70,28 +72,23 @@ async def accept_parsed(
     :func:`~trio_broadcast.handshake.read_request_head`, and nothing was read
     from ``stream`` after it. It must have passed
     :meth:`~trio_broadcast.handshake.RequestHead.websocket_problem`, which is
-    at least as strict as wsproto. Should wsproto refuse it all the same (a gap
-    in those checks), this raises :class:`~trio_broadcast.handshake.BadRequest`
-    (400) before anything is written or started, so the client gets an answer
-    rather than a dropped connection.
+    at least as strict as wsproto about the head. A body h11 refuses (the
+    checks do not read it), or a head wsproto refuses all the same (a gap in
+    those checks), raises :class:`~trio_broadcast.handshake.BadRequest` before
+    anything is written or started, so the client gets an answer rather than a
+    dropped connection.
     """
     parser, request = head.parser, head.parsed
     if parser is None or request is None:
         raise ValueError("the request head was not read from a connection")
-    protocol = WSConnection(ConnectionType.SERVER)
-    handshake = protocol.handshake
     try:
-        # On to where wsproto's own receive_data() leaves its parser (the end
-        # of the request, PAUSED by the upgrade): h11 then sees the 101 in the
-        # states it would see it in after wsproto's parse.
-        while (event := parser.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
-            if isinstance(event, h11.ConnectionClosed):
-                break
-        event_for_wsproto = handshake._process_connection_request(_one_connection_line(head))
-    except (h11.RemoteProtocolError, RemoteProtocolError, UnicodeError) as exc:
-        raise BadRequest(400, f"refused by wsproto: {shown(str(exc), 2 * SHOWN)}") from None
-    handshake._h11_connection = parser
-    handshake._events.append(event_for_wsproto)
+        _finish_reading(parser)
+    except h11.RemoteProtocolError as exc:
+        raise BadRequest(exc.error_status_hint, f"bad request body: {_shown(exc)}") from None
+    try:
+        protocol = _handed_over(parser, _one_connection_line(head))
+    except (RemoteProtocolError, UnicodeError) as exc:
+        raise BadRequest(400, f"refused by wsproto: {_shown(exc)}") from None
     connection = WebSocketConnection(stream, protocol, max_message_size=max_message_size)
     nursery.start_soon(connection._reader_task)
     return await connection._get_request()
@@ -105,9 +102,38 @@ def forget_parser(ws: WebSocketConnection) -> None:
     the 101: about 1 KB a connection (issue 14). Call it once
     ``request.accept()`` has returned.
     """
-    handshake = ws._wsproto.handshake
-    if ws._wsproto.connection is not None:  # the 101 is out: the handshake is over
-        handshake._h11_connection = None  # type: ignore[assignment]
+    _forget(ws._wsproto)
+
+
+def _finish_reading(parser: h11.Connection) -> None:
+    """Take ``parser`` on to where wsproto's own ``receive_data()`` leaves it.
+
+    That is the end of the request (a body too, if one came), ``PAUSED`` by the
+    upgrade: h11 then meets the 101 in the states it meets it in after
+    wsproto's own parse.
+    """
+    while (event := parser.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+        if isinstance(event, h11.ConnectionClosed):
+            break
+
+
+def _handed_over(parser: h11.Connection, request: h11.Request) -> WSConnection:
+    """A server ``WSConnection`` that has read ``request`` with ``parser``, as if by itself."""
+    protocol = WSConnection(ConnectionType.SERVER)
+    handshake = protocol.handshake
+    event = handshake._process_connection_request(request)
+    handshake._h11_connection = parser
+    handshake._events.append(event)
+    return protocol
+
+
+def _forget(protocol: WSConnection) -> None:
+    if protocol.connection is not None:  # the 101 is out: the handshake is over
+        protocol.handshake._h11_connection = None  # type: ignore[assignment]
+
+
+def _shown(exc: BaseException) -> str:
+    return shown(str(exc), 2 * SHOWN)
 
 
 def _one_connection_line(head: RequestHead) -> h11.Request:
@@ -136,7 +162,13 @@ def _one_connection_line(head: RequestHead) -> h11.Request:
 
 
 def check_compatible() -> None:
-    """Raise :class:`IncompatibleHandoff` unless wsproto and trio-websocket have what is used."""
+    """Raise :class:`IncompatibleHandoff` unless wsproto and trio-websocket have what is used.
+
+    Looks for the names, then rehearses a hand-over without I/O (a request
+    read, handed over, accepted, the parser forgotten, a ping read after it),
+    which takes a fraction of a millisecond: run at every start of
+    :func:`~trio_broadcast.serve`.
+    """
     handshake = H11Handshake(ConnectionType.SERVER)
     missing = [
         name
@@ -151,12 +183,48 @@ def check_compatible() -> None:
     ]
     if missing:
         raise IncompatibleHandoff(
-            f"wsproto or trio-websocket internals changed (no {', '.join(missing)}); "
+            f"{_versions()}: internals changed (no {', '.join(missing)}); "
             "trio_broadcast.request_handoff needs updating for this release"
         )
     if not isinstance(handshake._h11_connection, h11.Connection):
-        raise IncompatibleHandoff("wsproto's handshake no longer parses with an h11.Connection")
+        raise IncompatibleHandoff(f"{_versions()}: the handshake no longer parses with h11")
     if not isinstance(handshake._events, deque):
-        raise IncompatibleHandoff("wsproto's handshake no longer queues its events in a deque")
+        raise IncompatibleHandoff(f"{_versions()}: the handshake no longer queues in a deque")
     if not isinstance(WSConnection(ConnectionType.SERVER).handshake, H11Handshake):
-        raise IncompatibleHandoff("wsproto's WSConnection no longer uses an H11Handshake")
+        raise IncompatibleHandoff(f"{_versions()}: WSConnection no longer uses an H11Handshake")
+    try:
+        _rehearse()
+    except Exception as exc:  # synchronous, no I/O: anything at all means incompatible
+        raise IncompatibleHandoff(
+            f"{_versions()}: a rehearsed hand-over failed ({exc!r}); "
+            "trio_broadcast.request_handoff needs updating for this release"
+        ) from exc
+
+
+_REHEARSED_REQUEST = (
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+_REHEARSED_PING = bytes([0x89, 0x82, 0, 0, 0, 0]) + b"hi"  # masked with a zero key
+
+
+def _rehearse() -> None:
+    parser = h11.Connection(h11.SERVER)
+    parser.receive_data(_REHEARSED_REQUEST)
+    request = parser.next_event()
+    if not isinstance(request, h11.Request):
+        raise TypeError(f"h11 read {request!r}")
+    _finish_reading(parser)
+    protocol = _handed_over(parser, request)
+    if [type(event) for event in protocol.events()] != [Request]:
+        raise TypeError("the handed-over request did not come out as a Request event")
+    if not protocol.send(AcceptConnection()).startswith(b"HTTP/1.1 101"):
+        raise TypeError("accepting the handed-over request did not write a 101")
+    _forget(protocol)
+    protocol.receive_data(_REHEARSED_PING)
+    if [type(event) for event in protocol.events()] != [Ping]:
+        raise TypeError("a frame after the 101 was not read once the parser was forgotten")
+
+
+def _versions() -> str:
+    return f"wsproto {version('wsproto')}, trio-websocket {version('trio-websocket')}"
