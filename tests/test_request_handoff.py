@@ -19,8 +19,8 @@ import trio.testing
 from trio_websocket import WebSocketConnection
 from wsproto.handshake import H11Handshake
 
-from trio_broadcast import Config, StartupError, serve
-from trio_broadcast.handshake import BadRequest, read_request_head
+from trio_broadcast import Config, StartupError, request_handoff, serve
+from trio_broadcast.handshake import BadRequest, RequestHead, read_request_head
 from trio_broadcast.request_handoff import (
     IncompatibleHandoff,
     accept_parsed,
@@ -95,6 +95,14 @@ async def test_a_request_wsproto_refuses_is_a_bad_request_before_anything_starts
             assert not nursery.child_tasks  # no reader was started
 
 
+async def test_only_a_head_read_from_a_connection_can_be_handed_over() -> None:
+    head = RequestHead("GET", "/", (("host", "x"),))  # built, as the web tests build them
+    with trio.fail_after(5):
+        async with tcp_connection() as (_, server), trio.open_nursery() as nursery:
+            with pytest.raises(ValueError, match="not read from a connection"):
+                await accept_parsed(nursery, server, head, max_message_size=1024)
+
+
 async def test_the_server_does_not_start_on_a_release_it_cannot_hand_requests_to(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -119,6 +127,16 @@ def test_a_release_that_breaks_the_hand_over_is_refused_loudly(
 
     monkeypatch.setattr(H11Handshake, "_process_connection_request", changed)
     with pytest.raises(IncompatibleHandoff, match=r"wsproto \S+, trio-websocket \S+: a rehearsed"):
+        check_compatible()
+
+
+def test_a_release_that_reads_frames_otherwise_is_refused_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rehearsal compares what it saw with what a connection needs to see."""
+    pong = bytes([0x8A, 0x80, 0, 0, 0, 0])  # what the rehearsal's ping is not
+    monkeypatch.setattr(request_handoff, "_REHEARSED_PING", pong)
+    with pytest.raises(IncompatibleHandoff, match="a Request event, a 101 and then a Ping"):
         check_compatible()
 
 
