@@ -15,6 +15,7 @@ import struct
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -22,6 +23,8 @@ import trio.testing
 import trustme
 from hypothesis import given
 from hypothesis import strategies as st
+from wsproto import ConnectionType
+from wsproto.connection import Connection, ConnectionState
 
 from trio_broadcast.frame_stream import TLS_WRITE_SIZE, FrameStream, WriteTimeout
 from trio_broadcast.frames import encode_lines
@@ -237,9 +240,49 @@ async def test_the_protocol_fixes_work_on_this_trio_websocket_release() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_waiting_for_room_waits_on_the_transport() -> None:
+    """``wait_send_all_might_not_block`` is the transport's: no queue of ours is in the way."""
+    with trio.fail_after(5):
+        async with socket_pair() as (ours, _):
+            stream = FrameStream(ours, send_timeout=5)
+            await stream.wait_send_all_might_not_block()  # an empty socket has room
+
+
 def test_a_changed_connection_is_refused_loudly() -> None:
     with pytest.raises(IncompatibleWebSocket, match="internals changed"):
         check_compatible(object())  # type: ignore[arg-type]
+
+
+def _changed(change: str) -> object:
+    """A stand-in for a trio-websocket connection whose wsproto has ``change``."""
+    connection = Connection(ConnectionType.SERVER)
+    if change == "state":
+        connection._state = "OPEN"  # type: ignore[assignment]
+    elif change == "parser":
+        connection._proto._parse_more = None  # type: ignore[assignment]
+    elif change == "extensions":
+        connection._proto.extensions = ["permessage-deflate"]  # type: ignore[list-item]
+    wsproto = SimpleNamespace(
+        state=ConnectionState.OPEN,
+        connection=SimpleNamespace(_proto=connection._proto, _state=ConnectionState.OPEN)
+        if change == "connection"
+        else connection,
+    )
+    return SimpleNamespace(_wsproto=wsproto)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("state", "state changed type"),
+        ("connection", "connection changed type"),
+        ("parser", "no longer a generator"),
+        ("extensions", "extensions were negotiated"),
+    ],
+)
+def test_each_changed_internal_is_named(change: str, message: str) -> None:
+    with pytest.raises(IncompatibleWebSocket, match=message):
+        check_compatible(_changed(change))  # type: ignore[arg-type]
 
 
 def test_a_data_writer_behind_a_close_frame_gives_up() -> None:

@@ -138,11 +138,6 @@ class FrameStream(trio.abc.Stream):
         self._finish_by = math.inf
         self._tls_write: trio.CancelScope | None = None
 
-    @property
-    def pending(self) -> bool:
-        """Whether bytes handed over are still waiting to be written."""
-        return self._order.pending
-
     def receive_some(self, max_bytes: int | None = None) -> Coroutine[Any, Any, bytes | bytearray]:
         """The transport's own ``receive_some()``: receiving is not the writer's business.
 
