@@ -29,7 +29,9 @@ from trio_websocket import (
 from wsproto.frame_protocol import FrameProtocol
 
 from trio_broadcast import Config, OnFull, Server, StartupError, serve
+from trio_broadcast.broadcast import Broadcast
 from trio_broadcast.protocol_errors import fix_close_handling
+from trio_broadcast.shutdown import Shutdown
 
 from .conftest import LineFeed, running_server, wait_until, ws_client
 from .wire import RawClient, reset, upgrade_request
@@ -564,3 +566,18 @@ async def test_a_connection_that_ends_is_freed_without_the_cyclic_collector() ->
         gc.garbage.clear()
         gc.enable()
     assert parsers == [], f"{len(parsers)} of {clients} parsers were left to the collector"
+
+
+def test_a_scope_registered_after_the_stop_is_cancelled_as_it_arrives() -> None:
+    """A connection accepted during the stop does not slip through (shutdown.Shutdown)."""
+    shutdown = Shutdown()
+    shutdown.request()
+    with shutdown.cancels(trio.CancelScope()) as scope:
+        assert scope.cancel_called
+
+
+def test_a_broadcast_is_open_until_its_feed_ends() -> None:
+    broadcast = Broadcast(Config())
+    assert not broadcast.closed
+    broadcast.close()
+    assert broadcast.closed
