@@ -166,8 +166,7 @@ class Connections:
             try:
                 head = await read_request_head(stream, config.max_request_head)
             except BadRequest as exc:
-                log.debug("bad request from %s: %s", peer, quote(redact(str(exc))))
-                await send_last(stream, http_response(exc.status, f"{exc}\n"))
+                await _answer_bad_request(stream, peer, exc)
                 return None
             if head is None:
                 return None
@@ -188,8 +187,7 @@ class Connections:
                     )
                 except BadRequest as exc:  # raised before anything was started or written
                     slot.release()
-                    log.debug("bad request from %s: %s", peer, quote(redact(str(exc))))
-                    await send_last(stream, http_response(exc.status, f"{exc}\n"))
+                    await _answer_bad_request(stream, peer, exc)
                     return None
                 # Before the 101, so that no frame of the client's is parsed without it.
                 fix_close_handling(request, max_message_size=config.max_message_size)
@@ -259,6 +257,12 @@ class Connections:
             report.sent,
             f", {report.dropped} dropped" if report.dropped else "",
         )
+
+
+async def _answer_bad_request(stream: trio.abc.Stream, peer: str, exc: BadRequest) -> None:
+    """Answer a request that cannot be served with its status; a debug line, not a warning."""
+    log.debug("bad request from %s: %s", peer, quote(redact(str(exc))))
+    await send_last(stream, http_response(exc.status, f"{exc}\n"))
 
 
 class _ClientSlot:

@@ -86,7 +86,7 @@ async def accept_parsed(
     except h11.RemoteProtocolError as exc:
         raise BadRequest(exc.error_status_hint, f"bad request body: {_shown(exc)}") from None
     try:
-        protocol = _handed_over(parser, _one_connection_line(head))
+        protocol = _handed_over(parser, _one_connection_line(head, request))
     except (RemoteProtocolError, UnicodeError) as exc:
         raise BadRequest(400, f"refused by wsproto: {_shown(exc)}") from None
     connection = WebSocketConnection(stream, protocol, max_message_size=max_message_size)
@@ -139,7 +139,7 @@ def _shown(exc: BaseException) -> str:
     return shown(str(exc), 2 * SHOWN)
 
 
-def _one_connection_line(head: RequestHead) -> h11.Request:
+def _one_connection_line(head: RequestHead, request: h11.Request) -> h11.Request:
     """The request h11 read, with its Connection lines joined into one, if it has several.
 
     wsproto reads only the last Connection line, where the server's checks read
@@ -147,8 +147,6 @@ def _one_connection_line(head: RequestHead) -> h11.Request:
     then ``Connection: close`` would pass there and fail here. Any other
     request is handed on as it came.
     """
-    request = head.parsed
-    assert request is not None
     if sum(name == "connection" for name, _ in head.headers) < 2:
         return request
     lines = [(name.lower(), value) for name, value in request.headers.raw_items()]
