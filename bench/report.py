@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -525,6 +526,8 @@ class Target:
     limit: float
     lower_is_better: bool
     figure: Callable[[float], str]
+    paired: bool = False
+    """Decided by the interleaved pairs (``connect_pairs``) when the run has them."""
 
 
 TARGETS = [
@@ -543,6 +546,7 @@ TARGETS = [
         0.9,
         lower_is_better=False,
         figure=lambda v: f"{v:,.0f} /s",
+        paired=True,
     ),
     Target(
         "echo round trips/s (S5)",
@@ -574,19 +578,54 @@ def floor_table(results: Result) -> str | None:
         f"| against the floor, same run | {SUBJECT} | {FLOOR} | ratio | target | |",
         "|---|---:|---:|---:|---:|---|",
     ]
+    pairs = results.get("connect_pairs")
     for target in targets:
         ours = _figure(target, cells.get(SUBJECT, {}).get(target.scenario))
         floor = _figure(target, cells.get(FLOOR, {}).get(target.scenario))
+        value = None if ours is None or floor is None else ours / floor
+        title = target.title
+        if target.paired and pairs:
+            ours, floor = _pair_median(pairs, SUBJECT), _pair_median(pairs, FLOOR)
+            value = pairs.get("median_ratio")
+            title += f": median of {len(pairs['pairs'])} interleaved pairs"
         limit = f"{'≤' if target.lower_is_better else '≥'} {target.limit:g}{TIMES}"
-        if ours is None or floor is None:
+        if value is None:
             verdict, shown = "not measured", NONE
         else:
-            value = ours / floor
             met = value <= target.limit if target.lower_is_better else value >= target.limit
             verdict, shown = ("pass" if met else "**fail**"), f"{value:.2f}{TIMES}"
         figures = [NONE if v is None else target.figure(v) for v in (ours, floor)]
-        lines.append(f"| {target.title} | {' | '.join(figures)} | {shown} | {limit} | {verdict} |")
+        lines.append(f"| {title} | {' | '.join(figures)} | {shown} | {limit} | {verdict} |")
+    if pairs:
+        each = enumerate(pairs["pairs"])
+        shown_pairs = ", ".join(connect_pair_line(n, pair) for n, pair in each)
+        lines += [
+            "",
+            f"Connect-rate pairs ({pairs['clients']:,} clients a burst, {SUBJECT} ÷ {FLOOR}, "
+            f"in the order run): {shown_pairs}.",
+        ]
     return "\n".join(lines)
+
+
+def _pair_median(pairs: Result, name: str) -> float | None:
+    rates = [float(pair[name]) for pair in pairs["pairs"] if "ratio" in pair]
+    return statistics.median(rates) if rates else None
+
+
+def connect_pair_line(n: int, pair: Result) -> str:
+    """One pair of connect bursts (``bench/run.py``'s ``run_connect_pairs``), briefly."""
+    if "ratio" not in pair:
+        return f"pair {n + 1}: n/a ({pair.get('error')})"
+    first = "floor first" if pair["order"][0] == FLOOR else "ours first"
+    cpu = ""
+    if "cpu_ratio" in pair:
+        cpu = (
+            f"; server CPU per connect {pair[f'{SUBJECT}_cpu_us']:,.0f} ÷ "
+            f"{pair[f'{FLOOR}_cpu_us']:,.0f} µs = {pair['cpu_ratio']:.2f}{TIMES}"
+        )
+    return (
+        f"{pair['ratio']:.2f}{TIMES} ({pair[SUBJECT]:,.0f} ÷ {pair[FLOOR]:,.0f} /s{cpu}; {first})"
+    )
 
 
 def machine_line(results: Result) -> str:

@@ -34,6 +34,7 @@ import selectors
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,7 @@ import termios
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -66,6 +67,9 @@ SERVER_CORE = 0
 LOAD_CORE = 1
 CONNECT_CONCURRENCY = 64
 """Handshakes the load generator keeps in flight while connecting (issue 14's figure)."""
+CONNECT_ROUNDS = 3
+"""Pairs of connect bursts, trio-broadcast and the floor back to back, for the connect
+rate's ratio (:func:`run_connect_pairs`)."""
 THROUGHPUT_LATENCY_SAMPLE = 16
 """S2 and the ceiling time one line in this many (the load generator's cost per message)."""
 QUIET_PCT = 10.0
@@ -818,8 +822,7 @@ def run_broadcast(ctx: Context, spec: ServerSpec, sc: Scenario) -> Result:
         lg_config = ctx.loadgen(
             port, sc.clients, sc.mode, max_seconds=max_seconds, latency_every=every, tls=sc.tls
         )
-        loadgen = start_loadgen(ctx, stack, lg_config)
-        connected = wait_connected(loadgen, connect_budget + 10)
+        loadgen, connected = connect_clients(ctx, stack, server, lg_config, connect_budget + 10)
         result: Result = {"connect": connected}
         time.sleep(0.5)
         if not server.alive():
@@ -1004,6 +1007,68 @@ def run_redis(ctx: Context, spec: ServerSpec, sc: Scenario) -> Result:
         return result
 
 
+def run_connect_pairs(
+    ctx: Context,
+    specs: dict[str, ServerSpec],
+    chosen: list[Scenario],
+    servers: list[str],
+    *,
+    quick: bool,
+) -> Result | None:
+    """The connect rate of trio-broadcast and of the floor, measured in pairs.
+
+    In S3 each server's cell comes minutes after the other's, and on this shared
+    machine the floor's own rate moved twofold between runs (712 to 1,567 /s)
+    with the other load under 5 %. Here each pair is two bursts of S3's clients,
+    one against each server, back to back, in the order A B, B A, A B, ...; the
+    ratio reported is the median of the pairs' ratios. A burst is S3's connect
+    alone: a fresh server, the same clients and handshakes in flight, then stop.
+    Each burst also reads the server's CPU time per connect (user and system,
+    from ``/proc``), which other processes on the core disturb less than the rate.
+    ``None`` unless the run has S3 and both servers.
+    """
+    sc = next((sc for sc in chosen if sc.id == "S3"), None)
+    if sc is None or not {report.SUBJECT, report.FLOOR} <= set(servers):
+        return None
+    burst = replace(sc, idle=True)
+    pairs: list[Result] = []
+    for n in range(1 if quick else CONNECT_ROUNDS):
+        order = (report.SUBJECT, report.FLOOR)
+        if n % 2:
+            order = order[::-1]
+        pair: Result = {"order": list(order)}
+        for name in order:
+            cell = run_cell(ctx, specs[name], burst)
+            rate = _get_rate(cell)
+            if rate is None:
+                pair["error"] = f"{name}: {cell.get('error', 'no connect rate')}"
+                break
+            pair[name] = rate
+            pair[f"{name}_cpu_us"] = cell["connect"]["server_cpu_us_per_connection"]
+            pair[f"{name}_other_cpu_pct_before"] = cell.get("background_cpu_pct_before")
+        else:
+            pair["ratio"] = pair[report.SUBJECT] / pair[report.FLOOR]
+            pair["cpu_ratio"] = pair[f"{report.SUBJECT}_cpu_us"] / pair[f"{report.FLOOR}_cpu_us"]
+        pairs.append(pair)
+        print(f"  {sc.id}C  {report.connect_pair_line(n, pair)}", flush=True)
+    ratios = [pair["ratio"] for pair in pairs if "ratio" in pair]
+    cpu_ratios = [pair["cpu_ratio"] for pair in pairs if "ratio" in pair]
+    return {
+        "scenario": sc.id,
+        "clients": sc.clients,
+        "pairs": pairs,
+        "median_ratio": statistics.median(ratios) if ratios else None,
+        "median_cpu_ratio": statistics.median(cpu_ratios) if cpu_ratios else None,
+    }
+
+
+def _get_rate(cell: Result) -> float | None:
+    if not cell.get("ok"):
+        return None
+    rate = (cell.get("connect") or {}).get("connect_rate")
+    return float(rate) if rate else None
+
+
 def _kb(size: int | None) -> float | None:
     return None if size is None else size / 1024
 
@@ -1012,6 +1077,22 @@ def start_loadgen(ctx: Context, stack: contextlib.ExitStack, config: Result) -> 
     """Start the load generator with ``config`` on the load core; ``stack`` stops it."""
     argv = ["node", str(LOADGEN), json.dumps(config)]
     return stack.enter_context(ctx.child("loadgen", argv, LOAD_CORE, events=True))
+
+
+def connect_clients(
+    ctx: Context, stack: contextlib.ExitStack, server: Child, config: Result, timeout: float
+) -> tuple[Child, Result]:
+    """Start the load generator and wait until its clients have connected to ``server``.
+
+    The ``connected`` event gains the server's CPU time per connect, which is
+    steadier than the rate on a shared machine (see :func:`run_connect_pairs`).
+    """
+    before = cpu_seconds(server.pid)
+    loadgen = start_loadgen(ctx, stack, config)
+    connected = wait_connected(loadgen, timeout)
+    used = cpu_seconds(server.pid) - before
+    connected["server_cpu_us_per_connection"] = used / connected["connected"] * 1e6
+    return loadgen, connected
 
 
 def wait_connected(loadgen: Child, timeout: float) -> Result:
@@ -1378,6 +1459,8 @@ def main(argv: list[str] | None = None) -> int:
             cell = run_cell(ctx, specs[name], sc)
             results["results"][name][sc.id] = cell
             print(f"  {sc.id:4} {name:20} {report.progress_line(sc.id, cell)}", flush=True)
+    if pairs := run_connect_pairs(ctx, specs, chosen, args.server_list, quick=args.quick):
+        results["connect_pairs"] = pairs
     if not args.quick:  # a smoke test does not need its numbers polished
         retry_noisy(ctx, results, chosen, specs)
         if "ceiling" in results:
