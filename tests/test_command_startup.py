@@ -19,7 +19,7 @@ import pytest
 import trio
 
 import trio_broadcast
-from trio_broadcast.cli import main
+from trio_broadcast.cli import FULL_COLLECTION_EVERY, _collector_for_a_server, main
 
 from .conftest import COMMAND, running_command
 from .e2e import (
@@ -119,8 +119,19 @@ async def test_port_in_use_is_one_clear_line() -> None:
     assert "address already in use" in stderr
 
 
+def test_the_server_runs_with_fewer_full_collections() -> None:
+    """While the server runs, start-up's objects are frozen and full collections are rarer."""
+    before = gc.get_threshold()
+    with _collector_for_a_server():
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (before[0], before[1], FULL_COLLECTION_EVERY)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
 def test_main_leaves_the_collector_as_it_found_it() -> None:
-    """``main()`` freezes start-up's objects for the server's life, and only for it.
+    """``main()`` sets the collector up for the server's life (freezing start-up's
+    objects, rarer full collections), and only for it.
 
     In-process, as a caller of ``main()`` runs it: a start-up failure returns 1,
     and the caller's own objects must still be collectable afterwards.
@@ -133,8 +144,10 @@ def test_main_leaves_the_collector_as_it_found_it() -> None:
             blocker.listen()
             port = blocker.getsockname()[1]
             assert gc.get_freeze_count() == 0
+            thresholds = gc.get_threshold()
             assert main(["--host", "127.0.0.1", "--port", str(port), "--no-stdin"]) == 1
         assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == thresholds
     finally:
         root.handlers[:] = handlers  # main() set logging up for the process
         root.setLevel(root_level)
