@@ -513,6 +513,8 @@ def table(results: Result) -> str:
 
 
 FLOOR = "trio-websocket-alone"
+PAIR = (SUBJECT, FLOOR)
+"""The two servers of a connect-rate pair (``bench/run.py``'s ``run_connect_pairs``)."""
 """The floor: trio-websocket accepting and echoing, nothing else (bench/peers)."""
 
 
@@ -578,16 +580,17 @@ def floor_table(results: Result) -> str | None:
         f"| against the floor, same run | {SUBJECT} | {FLOOR} | ratio | target | |",
         "|---|---:|---:|---:|---:|---|",
     ]
-    pairs = results.get("connect_pairs")
+    pairs = results.get("connect_pairs") or {}
+    measured = [pair for pair in pairs.get("pairs", []) if "ratio" in pair]
     for target in targets:
         ours = _figure(target, cells.get(SUBJECT, {}).get(target.scenario))
         floor = _figure(target, cells.get(FLOOR, {}).get(target.scenario))
         value = None if ours is None or floor is None else ours / floor
         title = target.title
-        if target.paired and pairs:
-            ours, floor = _pair_median(pairs, SUBJECT), _pair_median(pairs, FLOOR)
-            value = pairs.get("median_ratio")
-            title += f": median of {len(pairs['pairs'])} interleaved pairs"
+        if target.paired and measured:
+            ours, floor = _median(measured, SUBJECT), _median(measured, FLOOR)
+            value = statistics.median(pair["ratio"] for pair in measured)
+            title += f": median of {_count(len(measured), 'interleaved pair')}¶"
         limit = f"{'≤' if target.lower_is_better else '≥'} {target.limit:g}{TIMES}"
         if value is None:
             verdict, shown = "not measured", NONE
@@ -597,34 +600,48 @@ def floor_table(results: Result) -> str | None:
         figures = [NONE if v is None else target.figure(v) for v in (ours, floor)]
         lines.append(f"| {title} | {' | '.join(figures)} | {shown} | {limit} | {verdict} |")
     if pairs:
-        each = enumerate(pairs["pairs"])
-        shown_pairs = ", ".join(connect_pair_line(n, pair) for n, pair in each)
-        lines += [
-            "",
-            f"Connect-rate pairs ({pairs['clients']:,} clients a burst, {SUBJECT} ÷ {FLOOR}, "
-            f"in the order run): {shown_pairs}.",
-        ]
+        lines += ["", connect_pairs_note(pairs)]
     return "\n".join(lines)
 
 
-def _pair_median(pairs: Result, name: str) -> float | None:
-    rates = [float(pair[name]) for pair in pairs["pairs"] if "ratio" in pair]
-    return statistics.median(rates) if rates else None
+def connect_pairs_note(pairs: Result) -> str:
+    """What the ¶ row was decided on: each pair of connect bursts, in the order run."""
+    shown = "; ".join(connect_pair_line(n, pair) for n, pair in enumerate(pairs["pairs"]))
+    return (
+        f"¶ Connect rate from pairs of bursts of {pairs['clients']:,} clients, one against "
+        f"each server, back to back: the columns are each server's median rate, the ratio is "
+        f"the median of the pairs' ratios (the S3 row above is one cell each, minutes apart). "
+        f"{shown}."
+    )
+
+
+def _median(pairs: list[Result], name: str) -> float:
+    """``name``'s median connect rate over ``pairs`` (each has both servers' rates)."""
+    return statistics.median(float(pair[name]) for pair in pairs)
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def connect_pair_line(n: int, pair: Result) -> str:
-    """One pair of connect bursts (``bench/run.py``'s ``run_connect_pairs``), briefly."""
+    """One pair of connect bursts, briefly: its ratio, the two rates, CPU per connect."""
     if "ratio" not in pair:
         return f"pair {n + 1}: n/a ({pair.get('error')})"
     first = "floor first" if pair["order"][0] == FLOOR else "ours first"
     cpu = ""
-    if "cpu_ratio" in pair:
+    if pair.get("cpu_ratio") is not None:
         cpu = (
             f"; server CPU per connect {pair[f'{SUBJECT}_cpu_us']:,.0f} ÷ "
             f"{pair[f'{FLOOR}_cpu_us']:,.0f} µs = {pair['cpu_ratio']:.2f}{TIMES}"
         )
+    noisy = any(
+        (pair.get(f"{name}_background_cpu_pct_before") or 0) >= BACKGROUND_BUSY_PCT
+        for name in PAIR
+    )
     return (
-        f"{pair['ratio']:.2f}{TIMES} ({pair[SUBJECT]:,.0f} ÷ {pair[FLOOR]:,.0f} /s{cpu}; {first})"
+        f"pair {n + 1}: {pair['ratio']:.2f}{TIMES}{'‡' if noisy else ''} "
+        f"({pair[SUBJECT]:,.0f} ÷ {pair[FLOOR]:,.0f} /s{cpu}; {first})"
     )
 
 

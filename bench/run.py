@@ -1011,7 +1011,7 @@ def run_connect_pairs(
     ctx: Context,
     specs: dict[str, ServerSpec],
     chosen: list[Scenario],
-    servers: list[str],
+    results: Result,
     *,
     quick: bool,
 ) -> Result | None:
@@ -1028,45 +1028,50 @@ def run_connect_pairs(
     ``None`` unless the run has S3 and both servers.
     """
     sc = next((sc for sc in chosen if sc.id == "S3"), None)
-    if sc is None or not {report.SUBJECT, report.FLOOR} <= set(servers):
+    cells = results["results"]
+    if sc is None or report.SUBJECT not in cells or report.FLOOR not in cells:
         return None
     burst = replace(sc, idle=True)
+    # A pair takes about as long as the two S3 cells did; start one only if it can end.
+    seconds = sum(float(cells[name].get(sc.id, {}).get("elapsed_s", 20.0)) for name in report.PAIR)
     pairs: list[Result] = []
     for n in range(1 if quick else CONNECT_ROUNDS):
-        order = (report.SUBJECT, report.FLOOR)
-        if n % 2:
-            order = order[::-1]
-        pair: Result = {"order": list(order)}
-        for name in order:
-            cell = run_cell(ctx, specs[name], burst)
-            rate = _get_rate(cell)
-            if rate is None:
-                pair["error"] = f"{name}: {cell.get('error', 'no connect rate')}"
-                break
-            pair[name] = rate
-            pair[f"{name}_cpu_us"] = cell["connect"]["server_cpu_us_per_connection"]
-            pair[f"{name}_other_cpu_pct_before"] = cell.get("background_cpu_pct_before")
-        else:
-            pair["ratio"] = pair[report.SUBJECT] / pair[report.FLOOR]
-            pair["cpu_ratio"] = pair[f"{report.SUBJECT}_cpu_us"] / pair[f"{report.FLOOR}_cpu_us"]
-        pairs.append(pair)
-        print(f"  {sc.id}C  {report.connect_pair_line(n, pair)}", flush=True)
-    ratios = [pair["ratio"] for pair in pairs if "ratio" in pair]
-    cpu_ratios = [pair["cpu_ratio"] for pair in pairs if "ratio" in pair]
+        if time.monotonic() + seconds + 5 > ctx.deadline:
+            pairs.append({"error": "skipped: run time budget spent"})
+            break
+        order = report.PAIR if n % 2 == 0 else report.PAIR[::-1]
+        pairs.append(_connect_pair(ctx, specs, burst, order))
+        print(f"  {sc.id:4} {'pairs':20} {report.connect_pair_line(n, pairs[-1])}", flush=True)
+    measured = [pair for pair in pairs if "ratio" in pair]
     return {
         "scenario": sc.id,
         "clients": sc.clients,
         "pairs": pairs,
-        "median_ratio": statistics.median(ratios) if ratios else None,
-        "median_cpu_ratio": statistics.median(cpu_ratios) if cpu_ratios else None,
+        "median_ratio": statistics.median(p["ratio"] for p in measured) if measured else None,
+        "median_cpu_ratio": (
+            statistics.median(p["cpu_ratio"] for p in measured) if measured else None
+        ),
     }
 
 
-def _get_rate(cell: Result) -> float | None:
-    if not cell.get("ok"):
-        return None
-    rate = (cell.get("connect") or {}).get("connect_rate")
-    return float(rate) if rate else None
+def _connect_pair(
+    ctx: Context, specs: dict[str, ServerSpec], burst: Scenario, order: tuple[str, str]
+) -> Result:
+    """One burst against each server of ``order``, in that order; their rates and ratio."""
+    pair: Result = {"order": list(order)}
+    for name in order:
+        cell = run_cell(ctx, specs[name], burst)
+        connect = cell.get("connect") or {}
+        if not cell.get("ok") or not connect.get("connect_rate"):
+            pair["error"] = f"{name}: {cell.get('error', 'no connect rate')}"
+            return pair
+        pair[name] = connect["connect_rate"]
+        pair[f"{name}_cpu_us"] = connect["server_cpu_us_per_connection"]
+        pair[f"{name}_background_cpu_pct_before"] = cell.get("background_cpu_pct_before")
+    ours, floor = (pair[f"{name}_cpu_us"] for name in report.PAIR)
+    pair["ratio"] = pair[report.SUBJECT] / pair[report.FLOOR]
+    pair["cpu_ratio"] = ours / floor if floor > 0 else None
+    return pair
 
 
 def _kb(size: int | None) -> float | None:
@@ -1459,7 +1464,7 @@ def main(argv: list[str] | None = None) -> int:
             cell = run_cell(ctx, specs[name], sc)
             results["results"][name][sc.id] = cell
             print(f"  {sc.id:4} {name:20} {report.progress_line(sc.id, cell)}", flush=True)
-    if pairs := run_connect_pairs(ctx, specs, chosen, args.server_list, quick=args.quick):
+    if pairs := run_connect_pairs(ctx, specs, chosen, results, quick=args.quick):
         results["connect_pairs"] = pairs
     if not args.quick:  # a smoke test does not need its numbers polished
         retry_noisy(ctx, results, chosen, specs)
