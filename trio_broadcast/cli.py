@@ -180,10 +180,11 @@ def _collector_for_a_server() -> Iterator[None]:
 
     A full collection walks every object the collector tracks, and a server
     holding thousands of connections tracks about 130 objects for each. With
-    Python's defaults (3.11 to 3.13), a full collection comes after about 70,000
-    new objects, or once the tracked objects have grown by a quarter if that is
-    later; opening 5,000 clients ran seven, about 270 of the 800 µs of CPU a
-    connect cost (issue 14; trio-websocket alone pays the same). Here:
+    Python 3.11's and 3.12's defaults, a full collection comes after about
+    70,000 new objects, or once the tracked objects have grown by a quarter if
+    that is later (3.13 counts the same way from a larger first threshold);
+    opening 5,000 clients ran seven, about 270 of the 800 µs of CPU a connect
+    cost (issue 14; trio-websocket alone pays the same). Here:
 
     * what start-up made (modules, classes, the settings), which lives as long as
       the server, is frozen out of the collector's sight (unless the caller has
