@@ -182,18 +182,18 @@ def _collector_for_a_server() -> Iterator[None]:
     holding thousands of connections tracks about 130 objects for each. With
     Python 3.11's and 3.12's defaults, a full collection comes after about
     70,000 new objects, or once the tracked objects have grown by a quarter if
-    that is later (3.13 counts the same way from a larger first threshold);
-    opening 5,000 clients ran seven, about 270 of the 800 µs of CPU a connect
-    cost (issue 14; trio-websocket alone pays the same). Here:
+    that is later; opening 5,000 clients ran seven, about 270 of the 800 µs
+    of CPU a connect cost (issue 14; trio-websocket alone pays the same). Here:
 
     * what start-up made (modules, classes, the settings), which lives as long as
       the server, is frozen out of the collector's sight (unless the caller has
       frozen objects of its own: those are left as they are);
-    * a full collection waits for about 700,000 new objects instead (or the
-      quarter's growth, which decides past about 21,000 connections, as it
-      does by default past about 2,000): none in a burst of 5,000 connects.
-      Python 3.14's incremental collector has no such threshold; there, only
-      the freeze applies.
+    * a full collection waits for ten times as many new objects (about
+      700,000 on 3.11 and 3.12; 3.13 starts from 2,000 young objects, not 700),
+      or the quarter's growth, which decides past about 21,000 connections (by
+      default past about 2,000): none in a burst of 5,000 connects.
+      Python 3.14's incremental collector has no such threshold and ignores
+      it; there, only the freeze applies.
 
     Young garbage is collected as before, and an ended connection's objects
     are freed by reference counting, not by the collector
@@ -206,8 +206,7 @@ def _collector_for_a_server() -> Iterator[None]:
         gc.collect()
         gc.freeze()
     thresholds = gc.get_threshold()
-    if sys.version_info < (3, 14):
-        gc.set_threshold(thresholds[0], thresholds[1], FULL_COLLECTION_EVERY)
+    gc.set_threshold(thresholds[0], thresholds[1], FULL_COLLECTION_EVERY)
     try:
         yield
     finally:
