@@ -286,8 +286,9 @@ def break_cycles(ws: WebSocketConnection) -> None:
     a full pass of the cyclic garbage collector. In a reconnect storm that
     pass comes after thousands of new connections have been allocated beside
     the dead ones, and the process keeps that peak.
-    Closing the generator breaks the cycle; nothing parses after the reader has
-    gone. Not reported upstream yet (no python-hyper/wsproto issue found). A
+    Closing the generator, and taking it from the parser, breaks the cycle
+    (closing alone does not from Python 3.12); nothing parses after the reader
+    has gone. Not reported upstream yet (no python-hyper/wsproto issue found). A
     wsproto without ``_parse_more`` changes nothing here, and
     :func:`check_compatible` fails in the test suite. The other cycle is ours,
     the wrapped ``events()`` (:class:`_Events`) and its protocol: it is taken
@@ -295,6 +296,10 @@ def break_cycles(ws: WebSocketConnection) -> None:
     """
     vars(ws._wsproto).pop("events", None)
     connection = ws._wsproto.connection
-    parser = getattr(getattr(connection, "_proto", None), "_parse_more", None)
+    frames = getattr(connection, "_proto", None)
+    parser = getattr(frames, "_parse_more", None)
     if isinstance(parser, GeneratorType):
         parser.close()
+        # From Python 3.12 a closed generator still refers to its frame's
+        # locals, the parser among them: the parser lets go of it instead.
+        frames._parse_more = iter(())  # type: ignore[union-attr]
