@@ -32,7 +32,7 @@ from trio_broadcast.protocol_errors import IncompatibleWebSocket, check_compatib
 
 from .conftest import budget, ws_client
 from .test_frames import accepted_pair
-from .wire import CLOSE, PING, Frame, ServerFrameParser
+from .wire import CLOSE, PING, Frame, ServerFrameParser, reset
 
 
 def control_frame(opcode: int, payload: bytes) -> bytes:
@@ -173,6 +173,35 @@ async def test_a_write_that_cannot_finish_breaks_the_stream() -> None:
             assert stream.offer(encode_lines(["y"])) is None
             with pytest.raises(trio.BrokenResourceError):
                 await stream.send_all(control_frame(CLOSE, b""))
+
+
+async def test_a_reset_lets_go_of_the_frames_it_passed_through() -> None:
+    """Found on Python 3.12: a reset connection waited for a full garbage collection.
+
+    trio turns the ``OSError`` into ``BrokenResourceError`` in a context
+    manager whose ``__exit__`` frame holds the error while the error's traceback
+    leads back to it: a cycle reaching the reader and the whole connection.
+    ``receive_some`` clears those frames before the error goes on.
+    """
+    with trio.fail_after(5):
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with listener:
+            port = listener.socket.getsockname()[1]
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            async with await listener.accept() as server:
+                reset(client)
+                stream = FrameStream(server, send_timeout=5)
+                with pytest.raises(trio.BrokenResourceError) as caught:
+                    await stream.receive_some(100)
+    cause = caught.value.__cause__
+    assert isinstance(cause, OSError)
+    frames = []
+    tb = cause.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    assert frames
+    assert [frame.f_locals for frame in frames] == [{} for _ in frames]
 
 
 async def test_nothing_after_a_close_frame() -> None:

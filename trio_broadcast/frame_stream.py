@@ -390,14 +390,15 @@ class FrameStream(trio.abc.Stream):
 
 
 def _clear_frames(exc: BaseException, depth: int = 8) -> None:
-    """Clear the finished frames in ``exc``'s traceback and in those of its causes.
+    """Clear the finished frames in ``exc``'s traceback and in its causes'.
 
-    Frames still running (ours, on the way out) are left alone; ``depth``
-    bounds the walk down ``__cause__`` and ``__context__``.
+    Frames still running (ours, on the way out) are left alone. Only explicit
+    causes (``raise ... from``, as trio translates errors) are followed, not
+    whatever was being handled elsewhere; ``depth`` bounds the walk.
     """
     seen: BaseException | None = exc
     for _ in range(depth):
         if seen is None:
             return
         traceback.clear_frames(seen.__traceback__)
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__
