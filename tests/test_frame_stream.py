@@ -8,11 +8,13 @@ the time limit, and TLS.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import ssl
 import struct
 import threading
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
@@ -175,33 +177,74 @@ async def test_a_write_that_cannot_finish_breaks_the_stream() -> None:
                 await stream.send_all(control_frame(CLOSE, b""))
 
 
-async def test_a_reset_lets_go_of_the_frames_it_passed_through() -> None:
+@asynccontextmanager
+async def tcp_pair() -> AsyncIterator[tuple[trio.SocketStream, trio.SocketStream]]:
+    """A connected pair of TCP sockets on 127.0.0.1: (server side, client side)."""
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listener:
+        port = listener.socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        async with client, await listener.accept() as server:
+            yield server, client
+
+
+class Held:
+    """Something a connection's frames hold, to see when they are freed."""
+
+
+async def _receive_until_reset(stream: FrameStream, held: Held) -> trio.BrokenResourceError:
+    """Read ``stream`` until its peer resets it, in a frame that holds ``held``."""
+    assert held
+    try:
+        await stream.receive_some(100)
+    except trio.BrokenResourceError as exc:
+        return exc
+    raise AssertionError("the reset did not break the stream")
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_a_reset_leaves_no_cycle_holding_the_connection(tls: bool) -> None:
     """Found on Python 3.12: a reset connection waited for a full garbage collection.
 
-    trio turns the ``OSError`` into ``BrokenResourceError`` in a context
-    manager whose ``__exit__`` frame holds the error while the error's traceback
-    leads back to it: a cycle reaching the reader and the whole connection.
-    ``receive_some`` clears those frames before the error goes on.
+    trio raises ``BrokenResourceError`` ``from`` the ``OSError`` inside a
+    context manager, and from 3.12 the ``OSError``'s traceback is part of a
+    cycle that reaches up to the frame reading the socket
+    (:mod:`trio_broadcast.error_cycles`). ``receive_some`` drops the causes'
+    tracebacks; with the collector off, what the reading frame held is freed.
     """
     with trio.fail_after(5):
-        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        async with listener:
-            port = listener.socket.getsockname()[1]
-            client = await trio.open_tcp_stream("127.0.0.1", port)
-            async with await listener.accept() as server:
-                reset(client)
-                stream = FrameStream(server, send_timeout=5)
-                with pytest.raises(trio.BrokenResourceError) as caught:
-                    await stream.receive_some(100)
-    cause = caught.value.__cause__
-    assert isinstance(cause, OSError)
-    frames = []
-    tb = cause.__traceback__
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
-    assert frames
-    assert [frame.f_locals for frame in frames] == [{} for _ in frames]
+        async with tcp_pair() as (ours, theirs):
+            transport: trio.abc.Stream = ours
+            if tls:
+                ca = trustme.CA()
+                server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                ca.issue_cert("localhost").configure_cert(server_context)
+                client_context = ssl.create_default_context()
+                ca.configure_trust(client_context)
+                transport = trio.SSLStream(ours, server_context, server_side=True)
+                client = trio.SSLStream(theirs, client_context, server_hostname="localhost")
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(transport.do_handshake)
+                    await client.do_handshake()
+            reset(theirs)
+            stream = FrameStream(transport, send_timeout=5)
+            held = Held()
+            gone = weakref.ref(held)
+            gc.collect()
+            gc.disable()
+            try:
+                error = await _receive_until_reset(stream, held)
+                causes = []
+                cause = error.__cause__
+                while cause is not None:
+                    causes.append(cause)
+                    cause = cause.__cause__
+                del error, cause, held
+                assert gone() is None, "the reset's error kept the reading frame alive"
+            finally:
+                gc.enable()
+    assert causes, "trio raised the reset from no cause"
+    assert [cause.__traceback__ for cause in causes] == [None for _ in causes]
 
 
 async def test_nothing_after_a_close_frame() -> None:

@@ -42,6 +42,7 @@ from .client import GOING_AWAY, Report, Wants, serve_client
 from .client_text import quote, redact
 from .config import Config
 from .counters import Counters
+from .error_cycles import forget_cause_tracebacks
 from .frame_stream import FrameStream
 from .handshake import BadRequest, RequestHead, http_response, read_request_head, send_last
 from .keepalive import KeepAlive
@@ -122,6 +123,7 @@ class Connections:
                     slot.release()
                     plumbing.cancel_scope.cancel()
         except* _DISCONNECTS as group:
+            forget_cause_tracebacks(group)  # a lost handshake's, say: dropped here
             log.debug("connection from %s lost: %s", peer, quote(repr(group.exceptions[0])))
         except* Exception:
             log.exception("unexpected error on the connection from %s", peer or peer_name(stream))

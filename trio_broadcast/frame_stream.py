@@ -55,11 +55,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import traceback
 from collections.abc import Callable, Sequence
 
 import trio
 
+from .error_cycles import forget_cause_tracebacks
 from .write_order import WriteOrder
 
 TLS_WRITE_SIZE = 64 * 1024
@@ -142,18 +142,15 @@ class FrameStream(trio.abc.Stream):
         """The transport's own ``receive_some()``: receiving is not the writer's business.
 
         With one addition: when the connection breaks (a reset, most often),
-        the frames the error passed through are cleared before it goes on to
-        trio-websocket's reader, which drops it. From Python 3.12, the frame of
-        ``contextlib``'s ``__exit__`` in trio's error translation holds the
-        original ``OSError`` while that error's traceback leads back to the
-        frame, and through it to the reader's frame and the whole connection:
-        a reference cycle that kept a reset connection's memory until a full
-        pass of the garbage collector.
+        the error lets go of its causes' tracebacks before it goes on to
+        trio-websocket's reader, which drops it: from Python 3.12 they hold a
+        reference cycle that reaches the reader and the whole connection
+        (:mod:`~trio_broadcast.error_cycles`).
         """
         try:
             return await self.transport.receive_some(max_bytes)
         except trio.BrokenResourceError as exc:
-            _clear_frames(exc)
+            forget_cause_tracebacks(exc)
             raise
 
     def offer(self, frames: Sequence[bytes]) -> bool | None:
@@ -276,8 +273,10 @@ class FrameStream(trio.abc.Stream):
         self._closed = True
         try:
             if self._order.closing and not self.broken:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                try:
                     await linger(self.transport, LINGER_BYTES)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    forget_cause_tracebacks(exc)  # it is dropped here
         finally:
             await trio.aclose_forcefully(self.transport)
 
@@ -377,8 +376,9 @@ class FrameStream(trio.abc.Stream):
             self._tls_write = scope
             try:
                 await self.transport.send_all(chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.broken = True
+                forget_cause_tracebacks(exc)
                 raise
             finally:
                 self._tls_write = None
@@ -387,18 +387,3 @@ class FrameStream(trio.abc.Stream):
             raise WriteTimeout(f"a TLS write did not finish within {self._send_timeout:g} s")
         self._order.consume(len(chunk), control)
         return True
-
-
-def _clear_frames(exc: BaseException, depth: int = 8) -> None:
-    """Clear the finished frames in ``exc``'s traceback and in its causes'.
-
-    Frames still running (ours, on the way out) are left alone. Only explicit
-    causes (``raise ... from``, as trio translates errors) are followed, not
-    whatever was being handled elsewhere; ``depth`` bounds the walk.
-    """
-    seen: BaseException | None = exc
-    for _ in range(depth):
-        if seen is None:
-            return
-        traceback.clear_frames(seen.__traceback__)
-        seen = seen.__cause__
