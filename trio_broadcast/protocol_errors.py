@@ -286,10 +286,11 @@ def break_cycles(ws: WebSocketConnection) -> None:
     a full pass of the cyclic garbage collector. In a reconnect storm that
     pass comes after thousands of new connections have been allocated beside
     the dead ones, and the process keeps that peak.
-    Closing the generator, and taking it from the parser, breaks the cycle
-    (closing alone does not from Python 3.12); nothing parses after the reader
-    has gone. Not reported upstream yet (no python-hyper/wsproto issue found). A
-    wsproto without ``_parse_more`` changes nothing here, and
+    Taking the generator from the parser breaks the cycle (closing it does not,
+    from Python 3.12, when it never ran: its frame keeps the parser); nothing
+    parses after the reader has gone. Not reported upstream yet (no
+    python-hyper/wsproto issue found). A wsproto without ``_parse_more``
+    changes nothing here, and
     :func:`check_compatible` fails in the test suite. The other cycle is ours,
     the wrapped ``events()`` (:class:`_Events`) and its protocol: it is taken
     off the protocol here.
@@ -297,9 +298,5 @@ def break_cycles(ws: WebSocketConnection) -> None:
     vars(ws._wsproto).pop("events", None)
     connection = ws._wsproto.connection
     frames = getattr(connection, "_proto", None)
-    parser = getattr(frames, "_parse_more", None)
-    if isinstance(parser, GeneratorType):
-        parser.close()
-        # From Python 3.12 a closed generator still refers to its frame's
-        # locals, the parser among them: the parser lets go of it instead.
+    if isinstance(getattr(frames, "_parse_more", None), GeneratorType):
         frames._parse_more = iter(())  # type: ignore[union-attr]
