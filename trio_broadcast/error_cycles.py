@@ -13,10 +13,15 @@ cyclic garbage collector. (Python 3.11 does not keep that ``f_back``.)
 
 :func:`forget_cause_tracebacks` is called where such an error is caught or
 passes by; the error itself and its message are kept, the causes' tracebacks
-(which nothing here prints) are not.
+(which nothing here prints) are not. :class:`suppress_broken` is
+``contextlib.suppress`` for a broken or closed stream, calling it.
 """
 
 from __future__ import annotations
+
+from types import TracebackType
+
+import trio
 
 MAX_DEPTH = 8
 """Causes followed down one chain, at most."""
@@ -38,3 +43,26 @@ def forget_cause_tracebacks(exc: BaseException) -> None:
             return
         cause.__traceback__ = None
         cause = cause.__cause__
+
+
+class suppress_broken:
+    """``contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)``,
+    dropping the suppressed error's causes' tracebacks.
+
+    A class, not a generator-based context manager: an error thrown into a
+    generator is what makes the cycle in the first place.
+    """
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
+            forget_cause_tracebacks(exc)
+            return True
+        return False

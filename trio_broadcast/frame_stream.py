@@ -52,14 +52,13 @@ hand-over, and trio-websocket gets it parsed
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
 
 import trio
 
-from .error_cycles import forget_cause_tracebacks
+from .error_cycles import forget_cause_tracebacks, suppress_broken
 from .write_order import WriteOrder
 
 TLS_WRITE_SIZE = 64 * 1024
@@ -263,7 +262,7 @@ class FrameStream(trio.abc.Stream):
         self._closed = True
         self._progress.unpark_all()
         if not self.broken and isinstance(self.transport, trio.abc.HalfCloseableStream):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            with suppress_broken():
                 await self.transport.send_eof()
 
     async def close(self) -> None:
@@ -273,10 +272,8 @@ class FrameStream(trio.abc.Stream):
         self._closed = True
         try:
             if self._order.closing and not self.broken:
-                try:
+                with suppress_broken():
                     await linger(self.transport, LINGER_BYTES)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    forget_cause_tracebacks(exc)  # it is dropped here
         finally:
             await trio.aclose_forcefully(self.transport)
 
