@@ -34,6 +34,7 @@ from trio_broadcast.protocol_errors import IncompatibleWebSocket, check_compatib
 
 from .conftest import budget, ws_client
 from .test_frames import accepted_pair
+from .test_request_handoff import tcp_connection
 from .wire import CLOSE, PING, Frame, ServerFrameParser, reset
 
 
@@ -177,15 +178,21 @@ async def test_a_write_that_cannot_finish_breaks_the_stream() -> None:
                 await stream.send_all(control_frame(CLOSE, b""))
 
 
-@asynccontextmanager
-async def tcp_pair() -> AsyncIterator[tuple[trio.SocketStream, trio.SocketStream]]:
-    """A connected pair of TCP sockets on 127.0.0.1: (server side, client side)."""
-    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    async with listener:
-        port = listener.socket.getsockname()[1]
-        client = await trio.open_tcp_stream("127.0.0.1", port)
-        async with client, await listener.accept() as server:
-            yield server, client
+async def tls_over(
+    ours: trio.abc.Stream, theirs: trio.abc.Stream
+) -> tuple[trio.SSLStream[trio.abc.Stream], trio.SSLStream[trio.abc.Stream]]:
+    """TLS over a connected pair, handshake done: (the server's end, the client's end)."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    server = trio.SSLStream(ours, server_context, server_side=True)
+    client = trio.SSLStream(theirs, client_context, server_hostname="localhost")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        await client.do_handshake()
+    return server, client
 
 
 class Held:
@@ -213,19 +220,10 @@ async def test_a_reset_leaves_no_cycle_holding_the_connection(tls: bool) -> None
     tracebacks; with the collector off, what the reading frame held is freed.
     """
     with trio.fail_after(5):
-        async with tcp_pair() as (ours, theirs):
+        async with tcp_connection() as (theirs, ours):
             transport: trio.abc.Stream = ours
             if tls:
-                ca = trustme.CA()
-                server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                ca.issue_cert("localhost").configure_cert(server_context)
-                client_context = ssl.create_default_context()
-                ca.configure_trust(client_context)
-                transport = trio.SSLStream(ours, server_context, server_side=True)
-                client = trio.SSLStream(theirs, client_context, server_hostname="localhost")
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(transport.do_handshake)
-                    await client.do_handshake()
+                transport, _ = await tls_over(ours, theirs)
             reset(theirs)
             stream = FrameStream(transport, send_timeout=5)
             held = Held()
@@ -266,19 +264,10 @@ async def test_tls_keeps_the_order_and_lets_control_in_between_writes() -> None:
     """Over TLS there is no non-blocking write: offer() declines, write() uses send_all
     of about TLS_WRITE_SIZE bytes of whole frames at a time, and a ping handed over
     during a write goes next, not after the whole batch."""
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
     lines = [f"line {n} " + "t" * 900 for n in range(400)]
     with trio.fail_after(5):
         async with socket_pair() as (ours, theirs):
-            server = trio.SSLStream(ours, server_context, server_side=True)
-            client = trio.SSLStream(theirs, client_context, server_hostname="localhost")
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(server.do_handshake)
-                await client.do_handshake()
+            server, client = await tls_over(ours, theirs)
             stream = FrameStream(server, send_timeout=5)
             frames = encode_lines(lines)
             assert stream.offer(frames) is None
