@@ -2,20 +2,25 @@
 """What a line costs each process on the Redis path, at a steady rate (issue 15).
 
     python bench/redis_cost.py [--rate 1000] [--seconds 8] [--instances 1]
+                               [--no-references] [--read-cost]
 
 A redis-server (no persistence), ``--instances`` serving instances
 (``--no-stdin``, no clients) and one publisher that reads this script's lines
-(64 bytes, ``--rate`` a second, spread evenly), all pinned to core 0 as
-``run.py`` pins its R scenarios. After a second of warm-up it reads
-``/proc/PID/stat`` over ``--seconds`` and prints each process's user and
-system CPU as a percentage of a core, and how many times it woke per line
-(voluntary context switches in ``/proc/PID/status``), then Redis's ``INFO commandstats``
-(``EVAL`` and ``XREAD`` calls per line appended). Unlike R1 it leaves the core
-idle most of the time, so lines do not gather while a process waits for the
-core: this is the cost per line when each line is a batch of its own.
+(64 bytes, ``--rate`` a second, spread evenly). The publisher has core 0 to
+itself; redis-server and the instances share core 1 (with this script, which
+mostly sleeps). After a second of warm-up it reads ``/proc/PID/stat`` over
+``--seconds`` and prints each process's user and system CPU as a percentage
+of a core, and per line how many times it went to sleep (voluntary context
+switches in ``/proc/PID/status``: waiting for input) and how many times it
+was preempted (involuntary ones: another process took the core), then each
+core's total, then Redis's ``INFO commandstats`` (``EVAL`` and ``XREAD`` calls
+per line appended). A core more than 80 % busy is flagged: its processes
+waited for it, and lines gathered meanwhile, so their figures are not the
+cost of a line on its own. (R1 puts all of these on one core, where at 1,000
+lines/s they fill it.)
 
 Before that, in the same run and fed the same way, two references, each alone
-on the core: the same ``trio-broadcast`` without ``--redis`` (what reading
+on core 0 as the publisher is: the same ``trio-broadcast`` without ``--redis`` (what reading
 and publishing the input costs with no Redis path at all), and a bare Trio
 program that reads the pipe and does nothing else (:data:`TRIO_READER`: the
 least any Trio process that wakes for each line can use). The publisher is
@@ -83,35 +88,54 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 
 class Usage(NamedTuple):
-    """What a process used: CPU seconds, and how many times it went to sleep."""
+    """What a process used: CPU seconds, and how often it left the core."""
 
     user: float
     system: float
     sleeps: int
-    """Voluntary context switches: each is a wait for input, so at a steady rate
-    their count per line is how many times the process woke for that line."""
+    """Voluntary context switches: each is a wait for input."""
+    preempted: int
+    """Involuntary context switches: each is another process taking the core."""
 
     def __sub__(self, other: object) -> Usage:
         assert isinstance(other, Usage)
         return Usage(
-            self.user - other.user, self.system - other.system, self.sleeps - other.sleeps
+            self.user - other.user,
+            self.system - other.system,
+            self.sleeps - other.sleeps,
+            self.preempted - other.preempted,
         )
 
 
 def usage(pid: int) -> Usage:
-    """``pid``'s user and system CPU seconds, and voluntary context switches, so far."""
+    """``pid``'s CPU seconds and context switches so far.
+
+    CPU is the whole process's; the switches are its main thread's (``status``
+    counts them per thread), which is where a Trio program runs: reading a pipe
+    takes no worker thread.
+    """
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
+    switches: dict[str, int] = {}
     with open(f"/proc/{pid}/status") as status:
-        sleeps = next(
-            int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches")
-        )
-    return Usage(int(fields[11]) / TICKS, int(fields[12]) / TICKS, sleeps)
+        for line in status:
+            key, _, value = line.partition(":")
+            if key.endswith("ctxt_switches"):
+                switches[key] = int(value)
+    return Usage(
+        int(fields[11]) / TICKS,
+        int(fields[12]) / TICKS,
+        int(switches["voluntary_ctxt_switches"]),
+        int(switches["nonvoluntary_ctxt_switches"]),
+    )
 
 
-def pinned(*argv: str) -> list[str]:
+def pinned(*argv: str, core: int = 0) -> list[str]:
+    """``argv`` run on ``core`` only (when ``taskset`` and a second core are there)."""
     taskset = shutil.which("taskset")
-    return [taskset, "-c", "0", *argv] if taskset and (os.cpu_count() or 1) > 1 else [*argv]
+    if taskset and (os.cpu_count() or 1) > 1:
+        return [taskset, "-c", str(core), *argv]
+    return [*argv]
 
 
 def feed(stdin: IO[bytes] | None, rate: int, seconds: float) -> int:
@@ -149,13 +173,23 @@ def report(name: str, used: Usage, lines: int, seconds: float) -> float:
     user, system = 100 * used.user / seconds, 100 * used.system / seconds
     print(
         f"  {name:16s} user {user:5.1f}   system {system:5.1f}   total {user + system:5.1f}"
-        f"   wakes per line {used.sleeps / lines:4.2f}"
+        f"   per line: slept {used.sleeps / lines:4.2f}, preempted {used.preempted / lines:4.2f}"
     )
     return user + system
 
 
+def stop(child: subprocess.Popen[bytes]) -> None:
+    """End ``child``: ``SIGTERM``, then ``SIGKILL`` if it is still there 10 s later."""
+    child.terminate()
+    try:
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
 def references(command: Path, quiet: list[str], args: argparse.Namespace) -> dict[str, float]:
-    """The two references of the module docstring, one after the other, each alone on the core."""
+    """The two references of the module docstring, one after the other, each alone on core 0."""
     print(f"references, {args.rate} lines/s each, % of a core:")
     shares: dict[str, float] = {}
     runs = {
@@ -169,8 +203,7 @@ def references(command: Path, quiet: list[str], args: argparse.Namespace) -> dic
                 wait_for_port(int(argv[2]), child)
             used, lines, seconds = measured({name: child}, child, args)
         finally:
-            child.terminate()
-            child.wait(timeout=10)
+            stop(child)
         shares[name] = report(name, used[name], lines, seconds)
     return shares
 
@@ -200,7 +233,14 @@ def read_cost(lines: int = 1000, rounds: int = 200) -> None:
 
     one_per_line = reply([entry(seq, [b"line", line]) for seq in range(lines)])
     one_entry = reply([entry(lines - 1, [b"lines", b"\n".join([line] * lines)])])
-    batch = parse(one_entry)[0][1][1]
+    identifier, (_name, batch) = parse(one_entry)[0]
+
+    def split_and_name() -> tuple[list[str], list[str]]:
+        """What a reader would do with the batch: its lines, and an ID for each."""
+        batched = batch.decode("utf-8", errors="replace").split("\n")
+        ms, _, last = identifier.decode("ascii").partition("-")
+        first = int(last) - len(batched) + 1
+        return batched, [f"{ms}-{first + k}" for k in range(len(batched))]
 
     def per_line(call: Callable[[], object]) -> float:
         return timeit.timeit(call, number=rounds) / rounds / lines * 1e6
@@ -212,7 +252,7 @@ def read_cost(lines: int = 1000, rounds: int = 200) -> None:
     )
     print(
         f"  one entry of {lines} lines: parse {per_line(lambda: parse(one_entry)):.2f} µs,"
-        f" split {per_line(lambda: batch.decode().split(chr(10))):.2f} µs"
+        f" split and name {per_line(split_and_name):.2f} µs"
     )
 
 
@@ -247,7 +287,7 @@ def main() -> None:
             redis_port = free_port()
             no_files = ("--dir", directory, "--save", "", "--appendonly", "no")
             redis = subprocess.Popen(
-                pinned(redis_server, "--port", str(redis_port), "--bind", HOST, *no_files),
+                pinned(redis_server, "--port", str(redis_port), "--bind", HOST, *no_files, core=1),
                 stdout=subprocess.DEVNULL,
             )
             children.append(redis)
@@ -257,7 +297,16 @@ def main() -> None:
             for n in range(args.instances):
                 port = free_port()
                 instance = subprocess.Popen(
-                    pinned(str(command), "--port", str(port), "--redis", url, "--no-stdin", *quiet)
+                    pinned(
+                        str(command),
+                        "--port",
+                        str(port),
+                        "--redis",
+                        url,
+                        "--no-stdin",
+                        *quiet,
+                        core=1,
+                    )
                 )
                 children.append(instance)
                 names[f"instance {n + 1}"] = instance
@@ -279,11 +328,14 @@ def main() -> None:
             ).stdout
         finally:
             for child in reversed(children):
-                child.terminate()
-            for child in children:
-                child.wait(timeout=10)
+                stop(child)
     print(f"{args.rate} lines/s for {seconds:.1f} s ({lines} lines), % of a core:")
     totals = {name: report(name, used[name], lines, seconds) for name in names}
+    for core, busy in enumerate(
+        (totals["publisher"], sum(share for name, share in totals.items() if name != "publisher"))
+    ):
+        full = "  (nearly full: these figures include waiting for it)" if busy > 80 else ""
+        print(f"  core {core}: {busy:5.1f} % busy with the processes above{full}")
     for name, share in shares.items():
         print(f"  publisher / {name}: {totals['publisher'] / share:.1f} times")
     calls = {
