@@ -88,12 +88,13 @@ def test_a_read_keeps_the_ids_redis_sent_and_parses_only_the_last() -> None:
             [b"1700000000001-0", [FIELD, "\u00e9".encode()]],
             [b"1700000000001-1", [FIELD, b"bad \xff"]],
             [b"1700000000001-2", [b"other", b"x", FIELD, b"b"]],  # another writer's, with ours
+            [b"1700000000001-3", [FIELD]],  # a name without its value: not a line
         ]
     )
     assert read.lines == ["a", "\u00e9", "bad \ufffd", "b"]
     assert read.ids == ["1700000000000-0", "1700000000001-0", "1700000000001-1", "1700000000001-2"]
-    assert read.last == EntryId(1700000000001, 2)
-    assert read.count == 5
+    assert read.last == EntryId(1700000000001, 3)
+    assert read.count == 6
     # What Redis sends is what an EntryId prints: the same ID either way.
     assert all(str(EntryId.parse(i)) == i for i in read.ids)
     empty = decode_entries([])
