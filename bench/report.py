@@ -513,9 +513,9 @@ def table(results: Result) -> str:
 
 
 FLOOR = "trio-websocket-alone"
+"""The floor: trio-websocket accepting and echoing, nothing else (bench/peers)."""
 PAIR = (SUBJECT, FLOOR)
 """The two servers of a connect-rate pair (``bench/run.py``'s ``run_connect_pairs``)."""
-"""The floor: trio-websocket accepting and echoing, nothing else (bench/peers)."""
 
 
 @dataclass(frozen=True)
