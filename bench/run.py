@@ -1043,14 +1043,13 @@ def run_connect_pairs(
         pairs.append(_connect_pair(ctx, specs, burst, order))
         print(f"  {sc.id:4} {'pairs':20} {report.connect_pair_line(n, pairs[-1])}", flush=True)
     measured = [pair for pair in pairs if "ratio" in pair]
+    cpu_ratios = [pair["cpu_ratio"] for pair in measured if pair["cpu_ratio"] is not None]
     return {
         "scenario": sc.id,
         "clients": sc.clients,
         "pairs": pairs,
         "median_ratio": statistics.median(p["ratio"] for p in measured) if measured else None,
-        "median_cpu_ratio": (
-            statistics.median(p["cpu_ratio"] for p in measured) if measured else None
-        ),
+        "median_cpu_ratio": statistics.median(cpu_ratios) if cpu_ratios else None,
     }
 
 
