@@ -587,16 +587,9 @@ async def _garbage_left(clients: int, how: str, *, v1: bool) -> int:
         gc.collect()  # what earlier servers left is not this one's
         port = server.port
         connected = []
+        protocol = ("Sec-WebSocket-Protocol: trio-broadcast.v1",) if v1 else ()
         for _ in range(clients):
-            client = await RawClient.open(port)
-            protocol = ("Sec-WebSocket-Protocol: trio-broadcast.v1",) if v1 else ()
-            await client.stream.send_all(upgrade_request("/", *protocol, host=f"127.0.0.1:{port}"))
-            while b"\r\n\r\n" not in client.buffer:
-                assert await client.fill()
-            head, _, rest = bytes(client.buffer).partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 101 "), head
-            client.buffer = bytearray(rest)
-            connected.append(client)
+            connected.append(await RawClient.handshake(port, *protocol))
         await wait_until(lambda: server.clients == clients)
         await server.publish(["a line"])
         for client in connected:

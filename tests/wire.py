@@ -279,20 +279,22 @@ class RawClient:
         return cls(trio.SocketStream(sock))
 
     @classmethod
-    async def handshake(cls, port: int, *, rcvbuf: int | None = None) -> RawClient:
-        """Connect and complete the WebSocket opening handshake by hand."""
+    async def handshake(cls, port: int, *headers: str, rcvbuf: int | None = None) -> RawClient:
+        """Connect and complete the WebSocket opening handshake by hand (``headers``:
+        extra whole lines for the request, as for :func:`upgrade_request`)."""
         client = await cls.open(port, rcvbuf=rcvbuf)
         try:
             key = base64.b64encode(os.urandom(16)).decode()
-            await client.stream.send_all(upgrade_request(host=f"127.0.0.1:{port}", key=key))
+            request = upgrade_request("/", *headers, host=f"127.0.0.1:{port}", key=key)
+            await client.stream.send_all(request)
             while b"\r\n\r\n" not in client.buffer:
                 assert await client.fill(), f"closed in the handshake: {client.buffer!r}"
             head, _, rest = bytes(client.buffer).partition(b"\r\n\r\n")
             client.buffer = bytearray(rest)
             assert head.startswith(b"HTTP/1.1 101 "), head
-            headers = [line.partition(b":") for line in head.split(b"\r\n")[1:]]
+            answered = [line.partition(b":") for line in head.split(b"\r\n")[1:]]
             assert (b"sec-websocket-accept", accept_key(key)) in [
-                (name.strip().lower(), value.strip()) for name, _, value in headers
+                (name.strip().lower(), value.strip()) for name, _, value in answered
             ], head
         except BaseException:
             await client.aclose()
