@@ -12,12 +12,12 @@ mostly sleeps). After a second of warm-up it reads ``/proc/PID/stat`` over
 ``--seconds`` and prints each process's user and system CPU as a percentage
 of a core, and per line how many times it went to sleep (voluntary context
 switches in ``/proc/PID/status``: waiting for input) and how many times it
-was preempted (involuntary ones: another process took the core), then each
-core's total, then Redis's ``INFO commandstats`` (``EVAL`` and ``XREAD`` calls
-per line appended). A core more than 80 % busy is flagged: its processes
-waited for it, and lines gathered meanwhile, so their figures are not the
-cost of a line on its own. (R1 puts all of these on one core, where at 1,000
-lines/s they fill it.)
+was preempted (involuntary ones: another process took the core), then how
+busy each core was (``/proc/stat``: whatever ran on it), then Redis's
+``INFO commandstats`` (``EVAL`` and ``XREAD`` calls per line appended). A
+core more than 80 % busy is flagged: its processes waited for it, and lines
+gathered meanwhile, so their figures are not the cost of a line on its own.
+(R1 puts all of these on one core, where at 1,000 lines/s they fill it.)
 
 Before that, in the same run and fed the same way, two references, each alone
 on core 0 as the publisher is: the same ``trio-broadcast`` without ``--redis`` (what reading
@@ -56,9 +56,9 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-HOST = "127.0.0.1"
+from run import CLOCK_TICKS, HOST, core_busy, free_port
+
 LINE = b"x" * 63 + b"\n"
-TICKS = os.sysconf("SC_CLK_TCK")
 TRIO_READER = """
 import os, trio
 async def main():
@@ -68,12 +68,6 @@ async def main():
 trio.run(main)
 """
 """The floor: a Trio task that reads standard input, chunk by chunk, and drops it."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -123,10 +117,10 @@ def usage(pid: int) -> Usage:
             if key.endswith("ctxt_switches"):
                 switches[key] = int(value)
     return Usage(
-        int(fields[11]) / TICKS,
-        int(fields[12]) / TICKS,
-        int(switches["voluntary_ctxt_switches"]),
-        int(switches["nonvoluntary_ctxt_switches"]),
+        int(fields[11]) / CLOCK_TICKS,
+        int(fields[12]) / CLOCK_TICKS,
+        switches["voluntary_ctxt_switches"],
+        switches["nonvoluntary_ctxt_switches"],
     )
 
 
@@ -157,15 +151,22 @@ def measured(
     names: dict[str, subprocess.Popen[bytes]],
     fed: subprocess.Popen[bytes],
     args: argparse.Namespace,
-) -> tuple[dict[str, Usage], int, float]:
-    """Feed ``fed`` a second of warm-up, then ``args.seconds``: what each process used."""
+) -> tuple[dict[str, Usage], int, float, dict[str, float]]:
+    """Feed ``fed`` a second of warm-up, then ``args.seconds``: what each process used,
+    the lines fed, the seconds, and how busy each core was meanwhile (``/proc/stat``,
+    whatever ran on it), in %."""
     feed(fed.stdin, args.rate, 1.0)
     before = {name: usage(child.pid) for name, child in names.items()}
+    cores_before = core_busy()
     began = time.monotonic()
     lines = feed(fed.stdin, args.rate, args.seconds)
     seconds = time.monotonic() - began
+    cores = {
+        core: 100 * (busy - cores_before[core][0]) / max(1, total - cores_before[core][1])
+        for core, (busy, total) in core_busy().items()
+    }
     after = {name: usage(child.pid) for name, child in names.items()}
-    return {name: after[name] - before[name] for name in names}, lines, seconds
+    return {name: after[name] - before[name] for name in names}, lines, seconds, cores
 
 
 def report(name: str, used: Usage, lines: int, seconds: float) -> float:
@@ -201,7 +202,7 @@ def references(command: Path, quiet: list[str], args: argparse.Namespace) -> dic
         try:
             if name == "without Redis":
                 wait_for_port(int(argv[2]), child)
-            used, lines, seconds = measured({name: child}, child, args)
+            used, lines, seconds, _cores = measured({name: child}, child, args)
         finally:
             stop(child)
         shares[name] = report(name, used[name], lines, seconds)
@@ -319,7 +320,7 @@ def main() -> None:
             children.append(publisher)
             names["publisher"] = publisher
             wait_for_port(port, publisher)
-            used, lines, seconds = measured(names, publisher, args)
+            used, lines, seconds, cores = measured(names, publisher, args)
             stats = subprocess.run(
                 ["redis-cli", "-p", str(redis_port), "INFO", "commandstats"],
                 capture_output=True,
@@ -331,11 +332,9 @@ def main() -> None:
                 stop(child)
     print(f"{args.rate} lines/s for {seconds:.1f} s ({lines} lines), % of a core:")
     totals = {name: report(name, used[name], lines, seconds) for name in names}
-    for core, busy in enumerate(
-        (totals["publisher"], sum(share for name, share in totals.items() if name != "publisher"))
-    ):
+    for core, busy in cores.items():
         full = "  (nearly full: these figures include waiting for it)" if busy > 80 else ""
-        print(f"  core {core}: {busy:5.1f} % busy with the processes above{full}")
+        print(f"  {core}: {busy:5.1f} % busy{full}")
     for name, share in shares.items():
         print(f"  publisher / {name}: {totals['publisher'] / share:.1f} times")
     calls = {
