@@ -23,6 +23,9 @@ from trio_broadcast.redis_stream import (
     connect,
     stream_key,
 )
+from trio_broadcast.redis_stream.adapter import unreachable
+from trio_broadcast.redis_stream.resp import ReplyError
+from trio_broadcast.redis_stream.resp_connection import ConnectionLost
 
 from .conftest import REDIS_SERVER, RedisServer
 
@@ -217,15 +220,21 @@ async def test_append_is_all_or_none_and_keeps_working_after_its_connection_dies
         await stream.append(["a", "b"])
         async with coredis.Redis.from_url(redis_server.url) as admin:
             await admin.set("not-a-stream", "x")
-        refused = RedisStream(stream.client, "not-a-stream", stream.maxlen, stream.nursery)
-        with pytest.raises(coredis.exceptions.WrongTypeError):
+        refused = RedisStream(stream.client, "not-a-stream", stream.maxlen, stream.settings)
+        with pytest.raises(ReplyError) as raised:
             await refused.append(["c", "d"])
+        assert raised.value.code == "WRONGTYPE"
+        assert str(raised.value).startswith(
+            "Redis refused EVAL: WRONGTYPE Operation against a key holding the wrong kind of value"
+        ), raised.value
+        assert isinstance(raised.value, unreachable())  # retried once running, as before
+        await refused.aclose()
         assert await kill_clients_named(redis_server, "writer-under-test") >= 1
         for _ in range(2):  # the kill may or may not be noticed before the next append
             try:
                 await stream.append(["c", "d"])
                 break
-            except coredis.exceptions.ConnectionError:
+            except ConnectionLost:
                 pass
         entries = await stream.read(ORIGIN, count=10, block_ms=10)
     assert entries.lines == ["a", "b", "c", "d"]
@@ -255,7 +264,7 @@ async def test_connections_lost_while_held_do_not_use_up_the_pool(
         last = await stream.append(["start"])
 
         async def read_until_lost() -> None:
-            with pytest.raises(coredis.exceptions.ConnectionError):
+            with pytest.raises(ConnectionLost):
                 await stream.read(last, count=10, block_ms=20_000)
 
         for done in range(1, 6):
@@ -269,7 +278,7 @@ async def test_connections_lost_while_held_do_not_use_up_the_pool(
                     try:
                         last = await stream.append(["after a kill"])
                         break
-                    except coredis.exceptions.ConnectionError:
+                    except ConnectionLost:
                         pass
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(stream.read, last, 10, 20_000)

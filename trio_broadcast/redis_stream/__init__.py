@@ -8,7 +8,7 @@ reads into its own :class:`~trio_broadcast.fanout.Fanout`. The stream's order is
 the order every client on every instance sees; history, the slow-client policy
 and shutdown stay where they are, in the fan-out and the server.
 
-The package is in three layers, each module importing only from those below:
+The package is in layers, each module importing only from those below:
 
 * :mod:`~trio_broadcast.redis_stream.feed`: the publisher (:func:`append_from`),
   the reader (:class:`Follower`) and the line source joining them
@@ -18,10 +18,15 @@ The package is in three layers, each module importing only from those below:
 * :mod:`~trio_broadcast.redis_stream.adapter`: :func:`connect` and
   :class:`RedisStream`, one method per conversation with Redis; the only
   module that imports coredis (an optional extra, imported when
-  :func:`connect` runs);
+  :func:`connect` runs), which runs start-up and the cold commands;
+* :mod:`~trio_broadcast.redis_stream.resp_connection`: the connection of our
+  own that the hot commands (the append's ``EVAL``, the read's ``XREAD``) run
+  on, one request then its reply, over a Trio stream;
 * pure, tested in the default test session without Redis or coredis:
   :mod:`~trio_broadcast.redis_stream.entries` (:class:`EntryId`, a line and its
-  entry, the :class:`Cursor` and its count of trimmed entries) and
+  entry, the :class:`Cursor` and its count of trimmed entries),
+  :mod:`~trio_broadcast.redis_stream.resp` (RESP2: a command's bytes, and an
+  incremental reply parser) and
   :mod:`~trio_broadcast.redis_stream.retrying` (the :class:`Backoff` schedule,
   and the one retry loop both sides use, with an error hook).
 

@@ -1,9 +1,16 @@
-"""The coredis adapter: the one module that talks to Redis, and the only one that imports coredis.
+"""The Redis adapter: the one module that talks to Redis, and the only one that imports coredis.
 
 ``coredis`` is an optional dependency (``pip install 'trio-broadcast[redis]'``);
 it is imported only when :func:`connect` runs, so the rest of the package (and
 this module) imports without it. It is built on anyio and runs on Trio
 natively: its connection pool is a task group opened by ``async with``.
+
+coredis parses the URL, checks the server at start-up and runs the cold
+commands (``XINFO``, ``XRANGE``, ``XREVRANGE``). The two hot ones, the
+append's ``EVAL`` and the read's ``XREAD BLOCK``, run on connections of our
+own (:mod:`~trio_broadcast.redis_stream.resp_connection`), made with the
+settings coredis took from the same URL (:func:`settings`): a request and its
+reply cost a fraction of coredis's client CPU.
 
 :func:`connect` is start-up, where every failure is a one-line
 :class:`~trio_broadcast.errors.StartupError`; :class:`RedisStream` has one
@@ -20,7 +27,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -36,11 +43,12 @@ from .entries import (
     encode_value,
     stream_key,
 )
+from .resp import RespError
+from .resp_connection import RespConnection, Settings, open_connection
 from .retrying import why
 
 if TYPE_CHECKING:
     from coredis import Redis
-    from coredis.connection import BaseConnection
 
 log = logging.getLogger("trio_broadcast")
 
@@ -54,10 +62,17 @@ INSTALL_HINT = "pip install 'trio-broadcast[redis]'"
 
 @functools.cache
 def unreachable() -> tuple[type[BaseException], ...]:
-    """What "Redis is unreachable or refused" looks like: worth a retry, never a crash."""
+    """What "Redis is unreachable or refused" looks like: worth a retry, never a crash.
+
+    coredis's errors, and our own connection's (:class:`OSError` for a lost
+    connection, :class:`~trio_broadcast.redis_stream.resp.RespError` for an
+    error reply or a reply that is not RESP2), which is what coredis did
+    with both: a ``WRONGTYPE`` or ``NOPERM`` once running is retried, as
+    before, with the retry loop's one log line.
+    """
     from coredis.exceptions import RedisError
 
-    return (RedisError, TimeoutError, OSError, trio.TooSlowError)
+    return (RedisError, RespError, TimeoutError, OSError, trio.TooSlowError)
 
 
 def shown_url(url: str) -> str:
@@ -120,11 +135,46 @@ async def connect(
         if append:
             await check_append(client, key, maxlen, where)
         log.info("sharing channel %r through Redis at %s", channel, where)
-        async with trio.open_nursery() as connections:
-            try:
-                yield RedisStream(client, key, maxlen, connections)
-            finally:
-                connections.cancel_scope.cancel()  # closes the append's and the read's
+        stream = RedisStream(client, key, maxlen, settings(client))
+        try:
+            yield stream
+        finally:
+            await stream.aclose()
+
+
+def settings(client: Redis[bytes]) -> Settings:
+    """How coredis connects for ``client``, for our own connections to the same server.
+
+    coredis 6 keeps what it parsed from the URL on the pool: its ``location``
+    (TCP host and port, or a unix socket's path) and its
+    ``connection_kwargs`` (username, password, ``db``, ``client_name``,
+    ``ssl_context`` for ``rediss://``, ``connect_timeout``, ``noevict``,
+    ``notouch``), from which it makes each connection.
+    """
+    from coredis.connection import TCPLocation, UnixDomainSocketLocation
+
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    location = pool.location
+    if isinstance(location, UnixDomainSocketLocation):
+        host, port, path, tls = None, 0, location.path, None
+    elif isinstance(location, TCPLocation):
+        host, port, path, tls = location.host, location.port, None, kwargs.get("ssl_context")
+    else:
+        raise StartupError(f"cannot tell where Redis is from coredis's location {location!r}")
+    return Settings(
+        host=host,
+        port=port,
+        path=path,
+        ssl_context=tls,
+        username=kwargs.get("username"),
+        password=kwargs.get("password"),
+        db=kwargs.get("db") or 0,
+        client_name=kwargs.get("client_name"),
+        noevict=bool(kwargs.get("noevict")),
+        notouch=bool(kwargs.get("notouch")),
+        connect_timeout=kwargs.get("connect_timeout"),
+    )
 
 
 APPEND_SCRIPT = b"""#!lua
@@ -181,59 +231,55 @@ async def check_append(client: Redis[bytes], key: str, maxlen: int, where: str) 
 class RedisStream:
     """One channel's stream: each method is one conversation with Redis.
 
-    Every method raises what coredis raises when Redis is unreachable (see
-    :func:`unreachable`); retrying is the caller's business.
+    Every method raises what :func:`unreachable` lists when Redis is
+    unreachable or refuses; retrying is the caller's business.
 
     :meth:`append` and :meth:`read` are the hot path, one command each per
-    batch of lines: they keep a connection each (a blocking ``XREAD`` holds its
-    connection, and an append must not wait behind it), send coredis's
-    lowest-level request (no per-command validation, telemetry or pool round
-    trip), and parse the raw reply themselves. A connection that broke is
-    replaced by a fresh one on the next call.
+    batch of lines. Each keeps a :class:`RespConnection` of its own (a
+    blocking ``XREAD`` holds its connection, and an append must not wait
+    behind it), made from ``settings`` (same server, credentials, database and
+    client name as coredis's), and used by one task at a time: the append by
+    :func:`~trio_broadcast.redis_stream.feed.append_from`'s writer, the read by
+    the :class:`~trio_broadcast.redis_stream.feed.Follower`. A request that
+    did not complete (cancelled, timed out, lost) leaves its connection
+    closed, since it would owe a reply; the next call opens a new one. They
+    are not coredis's, so a lost one takes nothing from coredis's pool.
 
-    Those two connections are not the pool's: each is made like the pool's
-    (its ``connection_class``, ``location`` and ``connection_kwargs``: same
-    server, credentials, database and client name) and runs in ``nursery``,
-    which :func:`connect` closes. Taken from the pool, a kept connection that
-    broke (Redis restarted, ``CLIENT KILL``, a timeout, a cancelled blocking
-    read) took its slot with it: coredis 6 gives a slot back only for a
-    connection that dies idle in the pool, and ``release`` drops an unusable
-    one, so after about ``max_connections`` (64 by default) losses over the
-    process's life every command waited forever for a slot. The other methods
-    use the pool as coredis's own commands do, handing the connection back
-    before waiting for the reply, so a loss there frees its slot.
+    The other methods use coredis's client and its pool.
     """
 
-    def __init__(self, client: Redis[bytes], key: str, maxlen: int, nursery: trio.Nursery) -> None:
+    def __init__(self, client: Redis[bytes], key: str, maxlen: int, settings: Settings) -> None:
         self.client = client
         self.key = key
         self.maxlen = maxlen
-        self.nursery = nursery
-        """Where the append's and the read's own connections run."""
+        self.settings = settings
+        """Where the append's and the read's own connections go, and who they say they are."""
         self._raw_key = key.encode()
-        self._held: dict[str, BaseConnection] = {}
+        self._held: dict[str, RespConnection] = {}
 
-    async def _connection(self, role: str) -> BaseConnection:
+    async def _connection(self, role: str) -> RespConnection:
         """The connection kept for ``role``; a new one if it broke (or never was)."""
         connection = self._held.get(role)
         if connection is None or not connection.usable:
             if connection is not None:
                 del self._held[role]
-                connection.invalidate()  # its task in the nursery ends (if it has not)
-            pool = self.client.connection_pool
-            connection = pool.connection_class(pool.location, **pool.connection_kwargs)
-            # Returns once connected and ready (HELLO, AUTH, SELECT, SETNAME done),
-            # raises what coredis raises if it cannot get there.
-            await self.nursery.start(_run_connection, connection)
+                await connection.aclose()
+            connection = await open_connection(self.settings)
             self._held[role] = connection
         return connection
+
+    async def aclose(self) -> None:
+        """Close the append's and the read's connections."""
+        held, self._held = self._held, {}
+        for connection in held.values():
+            await connection.aclose()
 
     async def append(self, lines: Sequence[str]) -> EntryId:
         """One entry per line, in order, all or none (:data:`APPEND_SCRIPT`); the last ID."""
         assert lines, "an empty append"
         with trio.fail_after(REQUEST_TIMEOUT):
             connection = await self._connection("append")
-            reply = await connection.create_request(
+            reply = await connection.request(
                 b"EVAL",
                 APPEND_SCRIPT,
                 1,
@@ -241,8 +287,6 @@ class RedisStream:
                 self.maxlen,
                 FIELD,
                 *[encode_value(line) for line in lines],
-                decode=False,
-                disconnect_on_cancellation=True,
             )
         assert isinstance(reply, bytes), reply
         return EntryId.parse(reply)
@@ -313,7 +357,9 @@ class RedisStream:
         """Up to ``count`` entries after ``after``, waiting up to ``block_ms`` for one."""
         with trio.fail_after(block_ms / 1000 + REQUEST_TIMEOUT):
             connection = await self._connection("read")
-            reply = await connection.create_request(
+            # Cancelled while blocked, the connection still owes XREAD's reply:
+            # it is closed (RespConnection), never asked again.
+            reply = await connection.request(
                 b"XREAD",
                 b"COUNT",
                 count,
@@ -322,14 +368,14 @@ class RedisStream:
                 b"STREAMS",
                 self._raw_key,
                 str(after),
-                decode=False,
-                # Cancelled while blocked, the connection still owes XREAD's reply.
-                disconnect_on_cancellation=True,
             )
-        if not reply:
+        if reply is None:  # nothing came within block_ms
             return decode_entries(())
-        assert isinstance(reply, dict), reply
-        return decode_entries(reply.get(self._raw_key, ()))
+        # RESP2: [[key, [[id, [name, value, ...]], ...]]] for the one key asked.
+        assert isinstance(reply, list), reply
+        ((name, entries),) = cast("list[list[Any]]", reply)
+        assert name == self._raw_key, name
+        return decode_entries(entries)
 
     async def _info(self) -> tuple[int, int, EntryId, EntryId] | None:
         """``entries-added``, ``length``, ``last-generated-id``, ``recorded-first-entry-id``."""
@@ -348,19 +394,6 @@ class RedisStream:
             EntryId.parse(info["last-generated-id"]),
             _reply_id(info["recorded-first-entry-id"]),
         )
-
-
-async def _run_connection(
-    connection: BaseConnection, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Run ``connection`` until it is lost, invalidated or cancelled.
-
-    ``BaseConnection.run`` raises only before it reports started (it could not
-    connect or was refused: :meth:`trio.Nursery.start` hands that to the caller);
-    once ready, it returns when the connection ends, with the connection
-    unusable, which the next call sees.
-    """
-    await connection.run(task_status=task_status)
 
 
 def _reply_id(value: object) -> EntryId:
