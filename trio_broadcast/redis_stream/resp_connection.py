@@ -120,11 +120,21 @@ async def open_connection(settings: Settings) -> RespConnection:
                 )
         connection = RespConnection(stream)
         try:
+            if isinstance(stream, trio.SSLStream):
+                await _tls_handshake(stream)  # a certificate refused is refused here
             await connection.pipeline(settings.handshake())
         except BaseException:
             await connection.aclose()
             raise
         return connection
+
+
+async def _tls_handshake(stream: trio.SSLStream[trio.abc.Stream]) -> None:
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        why = exc.__cause__ or exc
+        raise ConnectionLost(f"the TLS handshake with Redis failed: {why}") from exc
 
 
 class RespConnection:
