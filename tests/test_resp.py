@@ -180,3 +180,56 @@ def test_the_cap_is_per_reply() -> None:
     for _ in range(10):
         parser.feed(b"*2\r\n$3\r\nabc\r\n:1\r\n")
         assert parser.next_reply() == [b"abc", 1]
+
+
+entry_ids = st.builds(
+    lambda ms, seq: b"%d-%d" % (ms, seq), st.integers(0, 2**48), st.integers(0, 2**64 - 1)
+)
+stream_entries = st.lists(
+    st.tuples(entry_ids, st.binary(max_size=12), st.binary(max_size=40)).map(
+        lambda entry: [entry[0], [entry[1], entry[2]]]
+    ),
+    max_size=4,
+)
+
+
+@budget(200)
+@given(stream_entries)
+def test_stream_entries_read_in_one_step_read_as_the_loop_reads_them(entries: list[Reply]) -> None:
+    """An ``XREAD`` reply's entries take a shortcut (``ReplyParser._entry``): same values,
+    whatever the split."""
+    reply: Reply = [[b"trio-broadcast:test", entries]]
+    data = encode_reply(reply)
+    for cut in range(len(data) + 1):
+        parser = ReplyParser()
+        parser.feed(data[:cut])
+        before = parse_all(parser)
+        parser.feed(data[cut:])
+        assert [*before, *parse_all(parser)] == [reply]
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        # An entry whose lengths do not match its bytes is not taken by the shortcut.
+        (b"*2\r\n$5\r\n1-0\r\n*2\r\n$4\r\nline\r\n$2\r\nhi\r\n", "a bulk string not followed"),
+        (b"*2\r\n$3\r\n1-0\r\n*2\r\n$3\r\nline\r\n$2\r\nhi\r\n", "a bulk string not followed"),
+        (b"*2\r\n$3\r\n1-0\r\n*2\r\n$4\r\nline\r\n$1\r\nhi\r\n", "a bulk string not followed"),
+        (
+            b"*2\r\n$3\r\n1-0\r\n*2\r\n$4\r\nline\r\n$900\r\n" + b"x" * 900 + b"\r\n",
+            "a reply larger",
+        ),
+    ],
+)
+def test_a_malformed_stream_entry_is_refused_as_the_loop_refuses_it(
+    data: bytes, says: str
+) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        parse(data, max_size=800, max_items=100)
+    assert str(raised.value).startswith(says), raised.value
+
+
+def test_too_many_items_in_entries_is_refused() -> None:
+    entry = encode_reply([b"1-0", [b"line", b"x"]])
+    with pytest.raises(ProtocolError, match="more than 10 items"):
+        parse(b"*3\r\n" + entry * 3, max_items=10)
