@@ -91,9 +91,6 @@ class Settings:
             commands.append((b"CLIENT", b"NO-TOUCH", b"ON"))
         return commands
 
-    def where(self) -> str:
-        return self.path if self.path is not None else f"{self.host}:{self.port}"
-
 
 async def open_connection(settings: Settings) -> RespConnection:
     """Connect, authenticate, select the database and set the client name.
