@@ -236,6 +236,9 @@ async def test_append_is_all_or_none_and_keeps_working_after_its_connection_dies
                 break
             except ConnectionLost:
                 pass
+        # The read's connection, opened at start-up, was killed too.
+        with pytest.raises(ConnectionLost):
+            await stream.read(ORIGIN, count=10, block_ms=10)
         entries = await stream.read(ORIGIN, count=10, block_ms=10)
     assert entries.lines == ["a", "b", "c", "d"]
 

@@ -137,6 +137,11 @@ async def connect(
         log.info("sharing channel %r through Redis at %s", channel, where)
         stream = RedisStream(client, key, maxlen, settings(client))
         try:
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    await stream.open()
+            except unreachable() as exc:
+                raise StartupError(f"cannot use Redis at {where}: {why(exc)}") from None
             yield stream
         finally:
             await stream.aclose()
@@ -267,6 +272,12 @@ class RedisStream:
             connection = await open_connection(self.settings)
             self._held[role] = connection
         return connection
+
+    async def open(self) -> None:
+        """Open the read's connection now: at start-up, where a failure is a
+        :class:`StartupError` rather than a retry forever (coredis's connection
+        worked, but ours might not: a TLS or ACL setting that treats them apart)."""
+        await self._connection("read")
 
     async def aclose(self) -> None:
         """Close the append's and the read's connections."""
