@@ -77,8 +77,10 @@ NEED_DATA: Final = _NeedData.NEED_DATA
 
 MAX_DEPTH = 16
 """Arrays nested deeper than this are refused (an ``XREAD`` reply nests 4 deep)."""
-MAX_SIZE = 512 * 1024 * 1024
-"""Default cap on one reply's bytes: Redis's own cap on one string (``proto-max-bulk-len``)."""
+MAX_SIZE = 2 * 1024 * 1024 * 1024
+"""Default cap on one reply's bytes. An ``XREAD`` of 1,000 entries of lines up to
+``--max-line-size`` (1 MiB by default) is up to about 1 GiB, and a reply over the cap
+is refused every time it is asked for again: a reader would never get past it."""
 MAX_ITEMS = 1_000_000
 """Default cap on the array items of one reply (an ``XREAD`` of 1,000 entries of ours has
 5,000)."""
