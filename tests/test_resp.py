@@ -196,9 +196,32 @@ stream_entries = st.lists(
 @budget(200)
 @given(stream_entries)
 def test_stream_entries_read_in_one_step_read_as_the_loop_reads_them(entries: list[Reply]) -> None:
-    """An ``XREAD`` reply's entries take a shortcut (``ReplyParser._entry``): same values,
+    """An ``XREAD`` reply's entries take a shortcut (``ReplyParser._entries``): same values,
     whatever the split."""
     reply: Reply = [[b"trio-broadcast:test", entries]]
+    data = encode_reply(reply)
+    for cut in range(len(data) + 1):
+        parser = ReplyParser()
+        parser.feed(data[:cut])
+        before = parse_all(parser)
+        parser.feed(data[cut:])
+        assert [*before, *parse_all(parser)] == [reply]
+
+
+def test_entries_mixed_with_other_items_read_as_the_loop_reads_them() -> None:
+    """The shortcut stops at the first item that is not a one-field entry, and takes up
+    again after it, whatever the split."""
+    entry: Reply = [b"1-1", [b"line", b"one"]]
+    reply: Reply = [
+        entry,
+        b"1-2",
+        entry,
+        [b"1-3", [b"a", b"b", b"c", b"d"]],
+        [b"1-4", [b"line", b"\r\n"]],
+        entry,
+        [],
+        entry,
+    ]
     data = encode_reply(reply)
     for cut in range(len(data) + 1):
         parser = ReplyParser()
@@ -224,8 +247,10 @@ def test_stream_entries_read_in_one_step_read_as_the_loop_reads_them(entries: li
 def test_a_malformed_stream_entry_is_refused_as_the_loop_refuses_it(
     data: bytes, says: str
 ) -> None:
+    good = encode_reply([b"1-1", [b"line", b"ok"]])
     with pytest.raises(ProtocolError) as raised:
-        parse(data, max_size=800, max_items=100)
+        # In an array, after a good entry, as in an XREAD reply.
+        parse(b"*2\r\n" + good + data, max_size=800, max_items=100)
     assert str(raised.value).startswith(says), raised.value
 
 
