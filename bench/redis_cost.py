@@ -27,7 +27,9 @@ least any Trio process that wakes for each line can use). The publisher is
 printed as a ratio to both. ``--no-references`` skips them.
 
 ``--read-cost`` measures something else, in this process, with no Redis: the
-client CPU a reader spends per line to parse (coredis's parser) and decode
+client CPU a reader spends per line to parse (the read's own parser,
+:class:`trio_broadcast.redis_stream.resp.ReplyParser`, with coredis's compiled
+parser, which the read used before, beside it) and decode
 (:func:`trio_broadcast.redis_stream.decode_entries`) an ``XREAD`` reply of
 1,000 entries of one line each, as the stream holds them today, against one
 entry holding the same 1,000 lines (a batch per entry, which the stream does
@@ -214,6 +216,7 @@ def read_cost(lines: int = 1000, rounds: int = 200) -> None:
     from coredis.parser import Parser  # noqa: PLC0415 (the redis extra; only this mode needs it)
 
     from trio_broadcast.redis_stream.entries import decode_entries  # noqa: PLC0415
+    from trio_broadcast.redis_stream.resp import ReplyParser  # noqa: PLC0415
 
     line = LINE.rstrip(b"\n")
 
@@ -228,6 +231,13 @@ def read_cost(lines: int = 1000, rounds: int = 200) -> None:
         return b"*1\r\n*2\r\n" + bulk(b"key") + b"*%d\r\n" % len(entries) + b"".join(entries)
 
     def parse(data: bytes) -> Any:
+        """The entries, as the read parses them (:class:`ReplyParser`, ours)."""
+        parser = ReplyParser()
+        parser.feed(data)
+        return parser.next_reply()[0][1]  # type: ignore[index]
+
+    def parse_coredis(data: bytes) -> Any:
+        """The same, with coredis's (compiled) parser, which the read used before."""
         parser = Parser()
         parser.feed(data)
         return parser.parse(decode=False)[1][0][1]  # type: ignore[index]
@@ -250,6 +260,7 @@ def read_cost(lines: int = 1000, rounds: int = 200) -> None:
     print(
         f"  {lines} one-line entries: parse {per_line(lambda: parse(one_per_line)):.2f} µs,"
         f" decode {per_line(partial(decode_entries, parse(one_per_line))):.2f} µs"
+        f" (coredis's parser: {per_line(lambda: parse_coredis(one_per_line)):.2f} µs)"
     )
     print(
         f"  one entry of {lines} lines: parse {per_line(lambda: parse(one_entry)):.2f} µs,"
