@@ -3,11 +3,12 @@
 An append (``EVAL``) and a read (``XREAD BLOCK``) are one command each per batch
 of lines, and the publisher and every instance run them for each batch: at
 1,000 lines/s that is several thousand commands a second on the core that
-also runs the fan-out. Through coredis each cost about 170-250 µs of client
+also runs the fan-out. Through coredis each cost about 170-300 µs of client
 CPU (its writer and reader tasks, an anyio event and cancel scope per
-request); a Trio ``send_all`` and ``receive_some`` cost about 40
-(bench/README.md, "The Redis path"). So the adapter runs these two commands on
-a :class:`RespConnection`: the RESP2 protocol is
+request); a Trio ``send_all`` and ``receive_some`` cost about 40-70. So the
+adapter runs these two commands on a :class:`RespConnection`, which took a
+third off the publisher's CPU per line at 1,000 lines/s and more off an
+instance's (bench/README.md, "The Redis path"). The RESP2 protocol is
 :mod:`~trio_broadcast.redis_stream.resp` (no I/O), and this module only
 opens the stream, says who it is, and moves bytes.
 
