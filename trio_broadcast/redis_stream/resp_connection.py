@@ -31,6 +31,7 @@ not RESP2; the adapter counts them all as "unreachable", worth a retry.
 
 from __future__ import annotations
 
+import select
 import ssl
 from dataclasses import dataclass
 
@@ -143,11 +144,23 @@ class RespConnection:
         self._parser = ReplyParser()
         self._busy = False
         self._closed = False
+        self._idle = _readable_check(stream)
 
     @property
     def usable(self) -> bool:
-        """Open, and owing no reply: the next request's answer will be its own."""
-        return not self._closed
+        """Open, owing no reply, and not ended by the server while idle.
+
+        Redis closes a client idle for longer than its ``timeout`` setting, and
+        proxies and NAT drop idle connections too. With no reader in the
+        background, nothing notices until the next request, which would fail
+        and be retried with a warning. But an idle connection has nothing to
+        read: if its socket is readable (the end of the stream, a TLS
+        ``close_notify``, bytes nobody asked for), it is done, and its owner
+        opens another instead. One ``poll`` with no wait, per request.
+        """
+        if self._closed:
+            return False
+        return self._busy or self._idle is None or not self._idle.poll(0)
 
     async def request(self, *command: Arg) -> Reply:
         """Send ``command``; its reply. An error reply raises :class:`ReplyError`."""
@@ -203,6 +216,18 @@ class RespConnection:
         self._closed = True
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(self._stream)
+
+
+def _readable_check(stream: trio.abc.Stream) -> select.poll | None:
+    """A poll of the socket under ``stream`` (through TLS) for input; ``None`` if there
+    is no socket to poll (another kind of stream) or no ``poll`` (Windows)."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream) or not hasattr(select, "poll"):
+        return None
+    idle = select.poll()
+    idle.register(stream.socket.fileno(), select.POLLIN)
+    return idle
 
 
 def _name(args: tuple[Arg, ...]) -> str:
