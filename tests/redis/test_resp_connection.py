@@ -90,6 +90,23 @@ async def test_wrong_credentials_on_our_own_connection_are_refused_clearly(
     assert "right" not in str(raised.value)
 
 
+async def test_a_password_without_a_user_reaches_the_hot_path(tmp_path: Path) -> None:
+    """``redis://:secret@…`` authenticates as the default user, with or without a password
+    configured for it, as coredis does (a one-argument ``AUTH`` is refused by a
+    default user that has none)."""
+    for extra in ((), ("--requirepass", "secret")):
+        server = own_server(tmp_path, *extra)
+        try:
+            with trio.fail_after(10):
+                url = f"redis://:secret@127.0.0.1:{server.port}/0"
+                async with connect(url, channel="password", maxlen=100) as stream:
+                    await stream.append(["with a password"])
+                    entries = await stream.read(ORIGIN, count=10, block_ms=10)
+                    assert entries.lines == ["with a password"]
+        finally:
+            server.stop()
+
+
 async def test_a_unix_socket_url_reaches_the_hot_path(tmp_path: Path) -> None:
     socket_path = tmp_path / "redis.sock"
     if len(str(socket_path)) > 100:

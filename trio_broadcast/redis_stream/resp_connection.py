@@ -78,11 +78,10 @@ class Settings:
     def handshake(self) -> list[tuple[Arg, ...]]:
         """The commands that make a new connection this one: sent together, before any other."""
         commands: list[tuple[Arg, ...]] = []
-        if self.password is not None or self.username is not None:
-            if self.username is not None:
-                commands.append((b"AUTH", self.username, self.password or b""))
-            else:
-                commands.append((b"AUTH", self.password or b""))
+        if self.password or self.username:
+            # As coredis does (HELLO's AUTH): the two-argument form, "default" if no user
+            # is named, which a default user without a password accepts too.
+            commands.append((b"AUTH", self.username or "default", self.password or b""))
         if self.db:
             commands.append((b"SELECT", self.db))
         if self.client_name is not None:
