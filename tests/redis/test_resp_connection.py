@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from trio_broadcast.redis_stream import ORIGIN, Follower, connect, stream_key
+from trio_broadcast.redis_stream.adapter import unreachable
 from trio_broadcast.redis_stream.resp import ReplyError
 from trio_broadcast.redis_stream.resp_connection import (
     ConnectionLost,
@@ -194,6 +195,20 @@ async def test_a_request_given_up_closes_its_connection(redis_server: RedisServe
         assert not connection.usable
         with pytest.raises(ConnectionLost):
             await connection.request(b"PING")
+
+
+async def test_a_closed_stream_opens_no_connection(redis_server: RedisServer) -> None:
+    """A task still using a stream after it is closed gets ClosedResourceError, which is
+    not retried, and no new connection that nobody would close."""
+    async with channel(redis_server, client="closed-test") as stream:
+        await stream.append(["x"])
+        await stream.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.append(["y"])
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.read(ORIGIN, count=10, block_ms=10)
+        assert not isinstance(trio.ClosedResourceError(), unreachable())
+        assert await hot_clients(redis_server.url, "closed-test") == []
 
 
 async def test_one_request_at_a_time(redis_server: RedisServer) -> None:

@@ -261,17 +261,31 @@ class RedisStream:
         """Where the append's and the read's own connections go, and who they say they are."""
         self._raw_key = key.encode()
         self._held: dict[str, RespConnection] = {}
+        self._closed = False
 
     async def _connection(self, role: str) -> RespConnection:
-        """The connection kept for ``role``; a new one if it broke (or never was)."""
+        """The connection kept for ``role``; a new one if it broke (or never was).
+
+        Raises :class:`trio.ClosedResourceError` (not worth a retry) once the
+        stream is closed: a task still using it must not open a connection
+        that nobody would close.
+        """
+        self._check_open()
         connection = self._held.get(role)
         if connection is None or not connection.usable:
             if connection is not None:
                 del self._held[role]
                 await connection.aclose()
             connection = await open_connection(self.settings)
+            if self._closed:  # while it was opening
+                await connection.aclose()
+                self._check_open()
             self._held[role] = connection
         return connection
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError(f"the Redis stream {self.key!r} was closed")
 
     async def open(self) -> None:
         """Open the read's connection now: at start-up, where a failure is a
@@ -281,6 +295,7 @@ class RedisStream:
 
     async def aclose(self) -> None:
         """Close the append's and the read's connections."""
+        self._closed = True
         held, self._held = self._held, {}
         for connection in held.values():
             await connection.aclose()
