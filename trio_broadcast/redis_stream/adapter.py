@@ -53,8 +53,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("trio_broadcast")
 
 CONNECT_TIMEOUT = 5.0
-"""Seconds for the start-up check (connect, authenticate, ``PING``), within the
-10 s a supervisor may wait for a failing start."""
+"""Seconds for all of start-up's checks together (connect, authenticate,
+``PING``, the key's type, the append check, the read's own connection), within
+the 10 s a supervisor may wait for a failing start."""
 REQUEST_TIMEOUT = 10.0
 """Seconds an answer may take before the connection is considered dead."""
 INSTALL_HINT = "pip install 'trio-broadcast[redis]'"
@@ -120,9 +121,10 @@ async def connect(
 
     key = stream_key(channel)
     where = shown_url(url)
+    deadline = trio.current_time() + CONNECT_TIMEOUT
     async with client:
         try:
-            with trio.fail_after(CONNECT_TIMEOUT):
+            with trio.fail_at(deadline):
                 await client.ping()
                 kind = await client.type(key)
         except (AuthenticationError, AuthorizationError) as exc:
@@ -133,12 +135,12 @@ async def connect(
             shown = kind.decode(errors="replace") if isinstance(kind, bytes) else kind
             raise StartupError(f"Redis key {key!r} at {where} holds a {shown}, not a stream")
         if append:
-            await check_append(client, key, maxlen, where)
+            await check_append(client, key, maxlen, where, deadline)
         log.info("sharing channel %r through Redis at %s", channel, where)
         stream = RedisStream(client, key, maxlen, settings(client))
         try:
             try:
-                with trio.fail_after(CONNECT_TIMEOUT):
+                with trio.fail_at(deadline):
                     await stream.open()
             except unreachable() as exc:
                 raise StartupError(f"cannot use Redis at {where}: {why(exc)}") from None
@@ -206,8 +208,11 @@ return redis.acl_check_cmd('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[2]
 :data:`APPEND_SCRIPT`'s ``XADD`` on ``key``, nil if not; writes nothing."""
 
 
-async def check_append(client: Redis[bytes], key: str, maxlen: int, where: str) -> None:
-    """Raise :class:`StartupError` unless this Redis user may append to ``key``.
+async def check_append(
+    client: Redis[bytes], key: str, maxlen: int, where: str, deadline: float
+) -> None:
+    """Raise :class:`StartupError` unless this Redis user may append to ``key``
+    (or Redis does not answer by ``deadline``, in :func:`trio.current_time`).
 
     Appending is ``EVAL`` of :data:`APPEND_SCRIPT`, which runs ``XADD``: an ACL
     user needs both (and write access to the key). Running a script that asks
@@ -217,7 +222,7 @@ async def check_append(client: Redis[bytes], key: str, maxlen: int, where: str) 
     from coredis.exceptions import AuthorizationError
 
     try:
-        with trio.fail_after(CONNECT_TIMEOUT):
+        with trio.fail_at(deadline):
             allowed = await client.eval(CHECK_APPEND_SCRIPT, [key], [maxlen, FIELD])
     except AuthorizationError as exc:
         raise StartupError(

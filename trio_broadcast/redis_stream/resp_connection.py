@@ -24,6 +24,7 @@ to the next command; its owner opens a new one.
 
 What it raises: :class:`ConnectionLost` (an :class:`OSError`) when the stream
 breaks or closes, :class:`OSError` when it cannot connect,
+:class:`trio.TooSlowError` when connecting takes longer than its settings allow,
 :class:`~trio_broadcast.redis_stream.resp.ReplyError` for an error reply and
 :class:`~trio_broadcast.redis_stream.resp.ProtocolError` for bytes that are
 not RESP2; the adapter counts them all as "unreachable", worth a retry.
