@@ -149,6 +149,9 @@ def test_a_long_bulk_string_in_many_pieces() -> None:
         (b"*1\r\n" * (MAX_DEPTH + 1), f"arrays nested more than {MAX_DEPTH} deep"),
         (b"$-2\r\n", "a length of -2"),
         (b"*-5\r\n", "a length of -5"),
+        # Not an empty array that takes a value:
+        (b"*00\r\n:1\r\n", "a length written with a leading zero: b'00'"),
+        (b"*01\r\n:1\r\n", "a length written with a leading zero: b'01'"),
         (b":1_000\r\n", "not an integer: b'1_000'"),
         (b": 12\r\n", "not an integer: b' 12'"),
         (b":+1\r\n", "not an integer: b'+1'"),

@@ -224,7 +224,7 @@ class ReplyParser:
                         raise ProtocolError("a bulk string not followed by CRLF")
                     value = buffer[end + 2 : stop]
                     pos = stop + 2
-                elif kind == 0x2A and raw.isdigit() and raw != b"0":  # * array
+                elif kind == 0x2A and raw.isdigit() and raw[0] != 0x30:  # * array, not *0 or *01
                     self._open(int(raw))
                     pos = end + 2
                     continue
@@ -328,6 +328,8 @@ def _line(kind: int, raw: bytes) -> Reply:
 
 def _check_null(raw: bytes) -> None:
     """A bulk string's or an array's length that is not a count: -1 (null), nothing else."""
+    if raw.isdigit() and raw[:1] == b"0":  # the loop takes an array's count without them
+        raise ProtocolError(f"a length written with a leading zero: {raw[:32]!r}")
     if raw != b"-1":
         raise ProtocolError(f"a length of {_integer(raw)}")
 
