@@ -156,6 +156,20 @@ async def test_rediss_reaches_the_hot_path_over_tls(tmp_path: Path) -> None:
                 assert entries.lines == ["over TLS"]
                 ours = await hot_clients(url, "tls-test")
                 assert len(ours) == 2, ours
+            # With nothing to say at connect (no user, database or name), a connection
+            # still reads what TLS 1.3 sends after the handshake (session tickets), which
+            # on an idle connection would look like the server ending it.
+            plain = type(stream.settings)(
+                host="127.0.0.1", port=tls_port, ssl_context=stream.settings.ssl_context
+            )
+            connection = await open_connection(plain)
+            try:
+                with trio.move_on_after(0.5):  # whatever Redis sends unasked arrives by then
+                    await trio.lowlevel.wait_readable(_socket_of(connection))
+                assert connection.usable
+                assert await connection.request(b"PING") == "PONG"
+            finally:
+                await connection.aclose()
             # A certificate the context does not trust is refused when connecting.
             untrusting = type(stream.settings)(
                 host="127.0.0.1", port=tls_port, ssl_context=ssl.create_default_context()
@@ -165,6 +179,15 @@ async def test_rediss_reaches_the_hot_path_over_tls(tmp_path: Path) -> None:
             assert "CERTIFICATE_VERIFY_FAILED" in str(raised.value), raised.value
     finally:
         server.stop()
+
+
+def _socket_of(connection: RespConnection) -> trio.socket.SocketType:
+    """The socket under a TLS connection (for a test to wait on it)."""
+    stream = connection._stream  # what the connection polls; it has no public name
+    assert isinstance(stream, trio.SSLStream), stream
+    transport = stream.transport_stream
+    assert isinstance(transport, trio.SocketStream), transport
+    return transport.socket
 
 
 async def test_an_error_reply_is_raised_and_the_connection_stays_usable(

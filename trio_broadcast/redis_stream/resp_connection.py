@@ -121,7 +121,10 @@ async def open_connection(settings: Settings) -> RespConnection:
         try:
             if isinstance(stream, trio.SSLStream):
                 await _tls_handshake(stream)  # a certificate refused is refused here
-            await connection.pipeline(settings.handshake())
+            # At least one round trip, PING if there is nothing else to say: over TLS
+            # 1.3 it also reads the session tickets the server sends after the
+            # handshake, which left unread would make the idle connection look ended.
+            await connection.pipeline(settings.handshake() or [(b"PING",)])
         except BaseException:
             await connection.aclose()
             raise
