@@ -191,7 +191,11 @@ async def test_a_slow_client_that_talks_gets_whole_frames(seed: int) -> None:
     follows whole frames (and the server does not hang on the way: it once
     spun forever when a close came while a backlog was being written).
     """
-    args = ("--queue-size", "100000", "--on-full", "drop", "--ping-interval", "0.2")
+    # A ping must be answered within one interval, and this client reads slowly on
+    # purpose, so a ping can wait behind a kernel buffer of frames: at 0.2 s a
+    # loaded machine made the server drop it, correctly, for "no pong" (14 runs in
+    # 15 with six busy loops on two cores; 0 in 12 at 1 s).
+    args = ("--queue-size", "100000", "--on-full", "drop", "--ping-interval", "1")
     transcript = Transcript(random.Random(seed))
     with trio.fail_after(40):
         async with running_command(*args) as process, trio.open_nursery() as nursery:
@@ -212,7 +216,7 @@ async def test_a_slow_client_that_talks_gets_whole_frames(seed: int) -> None:
     assert transcript.lines > 100, transcript
     assert transcript.echoes > 20, transcript
     assert transcript.pongs > 20, transcript
-    assert transcript.server_pings > 5, transcript
+    assert transcript.server_pings > 3, transcript  # 7-8 in 8 s at 1 s
     assert transcript.close_code() == 1000, "no close reply, or not 1000"
 
 
