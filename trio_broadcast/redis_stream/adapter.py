@@ -1,4 +1,4 @@
-"""The Redis adapter: the one module that talks to Redis, and the only one that imports coredis.
+"""The Redis adapter: every conversation with Redis goes through it; only it imports coredis.
 
 ``coredis`` is an optional dependency (``pip install 'trio-broadcast[redis]'``);
 it is imported only when :func:`connect` runs, so the rest of the package (and
