@@ -55,6 +55,19 @@ def parse(data: bytes, **bounds: int) -> list[Reply]:
     return parse_all(parser)
 
 
+def assert_read_split_at_every_byte(reply: Reply) -> None:
+    """``reply``'s bytes, fed in two parts cut at every byte, read back as ``reply``,
+    with nothing left over."""
+    data = encode_reply(reply)
+    for cut in range(len(data) + 1):
+        parser = ReplyParser()
+        parser.feed(data[:cut])
+        before = parse_all(parser)
+        parser.feed(data[cut:])
+        assert [*before, *parse_all(parser)] == [reply]
+        assert parser.buffered == 0
+
+
 def test_a_command_is_an_array_of_bulk_strings() -> None:
     assert encode_command(b"XREAD", "COUNT", 10, b"") == (
         b"*4\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n$2\r\n10\r\n$0\r\n\r\n"
@@ -104,15 +117,8 @@ def test_an_error_reply_is_a_value_that_says_what_redis_said() -> None:
 @budget(300)
 @given(replies)
 def test_a_reply_reads_back_whole_and_split_at_every_byte(reply: Reply) -> None:
-    data = encode_reply(reply)
-    assert parse(data) == [reply]
-    for cut in range(len(data) + 1):
-        parser = ReplyParser()
-        parser.feed(data[:cut])
-        before = parse_all(parser)
-        parser.feed(data[cut:])
-        assert [*before, *parse_all(parser)] == [reply]
-        assert parser.buffered == 0
+    assert parse(encode_reply(reply)) == [reply]
+    assert_read_split_at_every_byte(reply)
 
 
 @budget(100)
@@ -201,14 +207,7 @@ stream_entries = st.lists(
 def test_stream_entries_read_in_one_step_read_as_the_loop_reads_them(entries: list[Reply]) -> None:
     """An ``XREAD`` reply's entries take a shortcut (``ReplyParser._entries``): same values,
     whatever the split."""
-    reply: Reply = [[b"trio-broadcast:test", entries]]
-    data = encode_reply(reply)
-    for cut in range(len(data) + 1):
-        parser = ReplyParser()
-        parser.feed(data[:cut])
-        before = parse_all(parser)
-        parser.feed(data[cut:])
-        assert [*before, *parse_all(parser)] == [reply]
+    assert_read_split_at_every_byte([[b"trio-broadcast:test", entries]])
 
 
 def test_entries_mixed_with_other_items_read_as_the_loop_reads_them() -> None:
@@ -225,13 +224,7 @@ def test_entries_mixed_with_other_items_read_as_the_loop_reads_them() -> None:
         [],
         entry,
     ]
-    data = encode_reply(reply)
-    for cut in range(len(data) + 1):
-        parser = ReplyParser()
-        parser.feed(data[:cut])
-        before = parse_all(parser)
-        parser.feed(data[cut:])
-        assert [*before, *parse_all(parser)] == [reply]
+    assert_read_split_at_every_byte(reply)
 
 
 @pytest.mark.parametrize(
